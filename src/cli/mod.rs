@@ -1,0 +1,101 @@
+//! The process edge: reads the environment and stdin, runs a verb or a subcommand, writes the
+//! one result (or error JSON) to stdout and picks the exit code.
+
+mod logging;
+
+use crate::cni::version::{LATEST, SUPPORTED};
+use crate::cni::{Command, Env, Error, NetConf, Result};
+use crate::plugin;
+use serde_json::Value;
+use std::io::{Read, Write};
+
+pub const NAME: &str = "holdfast";
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Entry point; returns the process exit code.
+pub fn main() -> i32 {
+    if std::env::var_os("CNI_COMMAND").is_none_or(|v| v.is_empty()) {
+        return subcommand(std::env::args().skip(1).collect());
+    }
+    // A panic must still end as error JSON on stdout, not as a trace the runtime cannot parse.
+    std::panic::set_hook(Box::new(|info| {
+        tracing::error!("panic: {info}");
+    }));
+    let mut version = LATEST.to_string();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cni_main(&mut version)))
+        .unwrap_or_else(|p| {
+            let msg = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(Error::Internal(format!("panic: {msg}")))
+        });
+    match outcome {
+        Ok(out) => {
+            if let Some(v) = out
+                && print_json(&v).is_err()
+            {
+                return 1;
+            }
+            0
+        }
+        Err(e) => {
+            tracing::error!(code = e.code(), "{e}");
+            let _ = print_json(&serde_json::to_value(e.to_json(&version)).unwrap_or(Value::Null));
+            1
+        }
+    }
+}
+
+fn print_json(v: &Value) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer(&mut out, v)?;
+    out.write_all(b"\n")?;
+    out.flush()
+}
+
+fn cni_main(version: &mut String) -> Result<Option<Value>> {
+    let env = Env::from_lookup(|k| std::env::var(k).ok())?;
+    if env.command == Command::Version {
+        return plugin::dispatch(&env, None);
+    }
+    let mut stdin = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut stdin)
+        .map_err(|e| Error::io("reading the network config from stdin", e))?;
+    if let Some(v) = serde_json::from_slice::<Value>(&stdin).ok().and_then(|v| {
+        v.get("cniVersion")
+            .and_then(Value::as_str)
+            .map(String::from)
+    }) {
+        *version = v;
+    }
+    let conf = NetConf::parse(&stdin)?;
+    logging::init(conf.log_file.as_deref(), &conf.log_level);
+    tracing::debug!(command = ?env.command, container = %env.container_id, ifname = %env.ifname, "start");
+    plugin::dispatch(&env, Some(&conf))
+}
+
+fn about() -> String {
+    format!(
+        "CNI plugin {NAME} v{VERSION}\nCNI protocol versions supported: {}\n\n\
+         Run by a container runtime with CNI_COMMAND set (ADD, DEL, CHECK, VERSION, STATUS, GC).\n\
+         Without CNI_COMMAND:\n  {NAME} version    print this text\n",
+        SUPPORTED.join(", ")
+    )
+}
+
+fn subcommand(args: Vec<String>) -> i32 {
+    match args.first().map(String::as_str) {
+        None | Some("version") | Some("--version") | Some("-h") | Some("--help") | Some("help") => {
+            eprint!("{}", about());
+            0
+        }
+        Some(other) => {
+            eprintln!("{NAME}: unknown subcommand {other:?}\n");
+            eprint!("{}", about());
+            2
+        }
+    }
+}

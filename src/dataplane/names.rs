@@ -1,0 +1,52 @@
+//! Deterministic device names, so that DEL finds what ADD made with no state at all.
+
+use sha2::{Digest, Sha256};
+
+fn digest_hex(container_id: &str, ifname: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(container_id.as_bytes());
+    h.update([0u8]);
+    h.update(ifname.as_bytes());
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Host end of the pod's veth: `hf` + 11 hex characters.
+pub fn host_veth(container_id: &str, ifname: &str) -> String {
+    format!("hf{}", &digest_hex(container_id, ifname)[..11])
+}
+
+/// The pod's egress ifb: `hfi` + 11 hex characters (`i` is not hex, so never a veth name).
+pub fn ifb(container_id: &str, ifname: &str) -> String {
+    format!("hfi{}", &digest_hex(container_id, ifname)[..11])
+}
+
+/// True for names this plugin creates on the host.
+pub fn is_ours(name: &str) -> bool {
+    let hex = |s: &str| {
+        s.len() == 11
+            && s.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    };
+    name.strip_prefix("hfi").is_some_and(hex) || name.strip_prefix("hf").is_some_and(hex)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deterministic_and_short() {
+        let a = host_veth("abc", "eth0");
+        assert_eq!(a, host_veth("abc", "eth0"));
+        assert_ne!(a, host_veth("abc", "eth1"));
+        assert_ne!(a, host_veth("abd", "eth0"));
+        assert_eq!(a.len(), 13);
+        assert_eq!(ifb("abc", "eth0").len(), 14);
+        assert!(is_ours(&a));
+        assert!(is_ours(&ifb("abc", "eth0")));
+        assert!(!is_ours("eth0"));
+        assert!(!is_ours("hfxyz"));
+        // Not ambiguous when the first hex digit is the letter of a longer name.
+        assert!(!is_ours("hf0123456789abc"));
+    }
+}

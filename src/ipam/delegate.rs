@@ -1,0 +1,88 @@
+//! Running another plugin (an IPAM plugin) exactly as the CNI spec says: found in `CNI_PATH`,
+//! same environment and stdin, result or error JSON on its stdout.
+
+use crate::cni::{Env, Error, Result};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+
+/// A delegated plugin that does not answer within this is killed.
+const DELEGATE_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn find(plugin: &str, env: &Env) -> Result<PathBuf> {
+    if plugin.is_empty() || plugin.contains('/') || plugin == "." || plugin == ".." {
+        return Err(Error::config(format!(
+            "ipam.type {plugin:?} is not a plugin name"
+        )));
+    }
+    env.path
+        .iter()
+        .map(|d| d.join(plugin))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            Error::config(format!(
+                "ipam.type {plugin:?}: no such plugin in CNI_PATH ({})",
+                env.path
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(":")
+            ))
+        })
+}
+
+/// Runs `plugin` with `command`; returns its parsed stdout (empty for DEL).
+pub async fn exec(plugin: &str, env: &Env, command: &str, stdin: &[u8]) -> Result<Option<Value>> {
+    let bin = find(plugin, env)?;
+    let mut child = tokio::process::Command::new(&bin)
+        .env("CNI_COMMAND", command)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| Error::io(format!("running {}", bin.display()), e))?;
+    if let Some(mut si) = child.stdin.take() {
+        si.write_all(stdin)
+            .await
+            .map_err(|e| Error::io(format!("writing to {plugin}"), e))?;
+    }
+    let out = tokio::time::timeout(DELEGATE_TIMEOUT, child.wait_with_output())
+        .await
+        .map_err(|_| {
+            Error::TryAgainLater(format!(
+                "{plugin} {command} did not finish within {}s",
+                DELEGATE_TIMEOUT.as_secs()
+            ))
+        })?
+        .map_err(|e| Error::io(format!("waiting for {plugin}"), e))?;
+    let parsed: Option<Value> = serde_json::from_slice(&out.stdout).ok();
+    if !out.status.success() {
+        let (code, msg) = match &parsed {
+            Some(v) => (
+                v.get("code").and_then(Value::as_u64).unwrap_or(999) as u32,
+                v.get("msg")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+            ),
+            None => (999, String::from_utf8_lossy(&out.stderr).trim().to_string()),
+        };
+        return Err(Error::Delegate {
+            plugin: format!("{plugin} {command}"),
+            code,
+            msg,
+        });
+    }
+    if out.stdout.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    parsed.map(Some).ok_or_else(|| {
+        Error::decode(
+            format!("{plugin} output"),
+            String::from_utf8_lossy(&out.stdout),
+        )
+    })
+}

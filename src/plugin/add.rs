@@ -1,0 +1,221 @@
+//! ADD in interface mode: a veth pair, addresses and routes, undone completely on failure.
+
+use crate::cni::result::{Interface, IpConfig};
+use crate::cni::{CniResult, Env, Error, NetConf, Result};
+use crate::dataplane::link::{self, VethCreate};
+use crate::dataplane::netns::{Netns, block_on_netlink};
+use crate::dataplane::{addr, names, route, sysctl};
+use crate::ipam::{self, Assigned, Lease, Plan};
+use crate::state::{self, Delegated, Mode, Record};
+use ipnetwork::IpNetwork;
+use rtnetlink::Handle;
+use serde_json::Value;
+
+pub fn add(env: &Env, conf: &NetConf) -> Result<Value> {
+    let netns_path = env
+        .netns
+        .as_deref()
+        .ok_or_else(|| Error::InvalidEnv("required env variables [CNI_NETNS] missing".into()))?;
+    let netns = Netns::open(netns_path)?;
+    let plan = Plan::new(conf, None)?;
+    let result = block_on_netlink(|h| add_interface(h, env, conf, netns, plan))?;
+    Ok(result.to_value(conf.version))
+}
+
+async fn add_interface(
+    h: Handle,
+    env: &Env,
+    conf: &NetConf,
+    netns: Netns,
+    plan: Plan,
+) -> Result<CniResult> {
+    let host_name = names::host_veth(&env.container_id, &env.ifname);
+    clear_previous_attempt(&h, env, conf, &host_name).await?;
+
+    let assigned = plan.add(conf, env).await?;
+    match wire(&h, env, conf, &netns, &host_name, &assigned).await {
+        Ok(result) => {
+            let record = Record {
+                version: state::RECORD_VERSION,
+                network: conf.name.clone(),
+                container_id: env.container_id.clone(),
+                ifname: env.ifname.clone(),
+                mode: Mode::Interface,
+                netns: Some(netns.path().display().to_string()),
+                host_ifname: Some(host_name.clone()),
+                ifb: None,
+                ips: assigned.leases.iter().map(|l| l.address.ip()).collect(),
+                ipam_delegate: match &plan {
+                    Plan::Delegate { plugin, stdin } => Some(Delegated {
+                        plugin: plugin.clone(),
+                        stdin: String::from_utf8_lossy(stdin).into_owned(),
+                    }),
+                    Plan::Builtin { .. } => None,
+                },
+                result: result.to_value(crate::cni::Version::V1_1_0),
+                created_unix: state::now_unix(),
+            };
+            if let Err(e) = state::write(&conf.state_dir, &record) {
+                undo(&h, env, conf, &plan, &host_name).await;
+                return Err(e);
+            }
+            Ok(result)
+        }
+        Err(e) => {
+            undo(&h, env, conf, &plan, &host_name).await;
+            Err(e)
+        }
+    }
+}
+
+/// A retried ADD (the runtime timed out, or we crashed) finds its own leftovers: the host veth by
+/// its deterministic name and possibly a record and leases. They are ours, so they go.
+async fn clear_previous_attempt(
+    h: &Handle,
+    env: &Env,
+    conf: &NetConf,
+    host_name: &str,
+) -> Result<()> {
+    let stale_link = link::delete_by_name(h, host_name).await?;
+    let record =
+        state::read(&conf.state_dir, &conf.name, &env.container_id, &env.ifname).unwrap_or(None);
+    if !stale_link && record.is_none() {
+        return Ok(());
+    }
+    tracing::info!(
+        container = %env.container_id, ifname = %env.ifname,
+        "replacing leftovers of an earlier ADD (host veth: {stale_link}, record: {})", record.is_some()
+    );
+    match record.as_ref().and_then(|r| r.ipam_delegate.as_ref()) {
+        Some(d) => {
+            let _ = ipam::delegate::exec(&d.plugin, env, "DEL", d.stdin.as_bytes()).await;
+        }
+        None => {
+            ipam::release_builtin(conf, env, None)?;
+        }
+    }
+    state::remove(&conf.state_dir, &conf.name, &env.container_id, &env.ifname)
+}
+
+async fn undo(h: &Handle, env: &Env, conf: &NetConf, plan: &Plan, host_name: &str) {
+    if let Err(e) = link::delete_by_name(h, host_name).await {
+        tracing::warn!("undoing ADD: deleting {host_name}: {e}");
+    }
+    if let Err(e) = plan.undo(conf, env).await {
+        tracing::warn!("undoing ADD: releasing addresses: {e}");
+    }
+}
+
+fn host_prefix(ip: std::net::IpAddr) -> IpNetwork {
+    let len = if ip.is_ipv4() { 32 } else { 128 };
+    IpNetwork::new(ip, len).unwrap_or_else(|_| IpNetwork::from(ip))
+}
+
+/// Creates the veth pair and configures both ends; pod side and host side run concurrently.
+async fn wire(
+    h: &Handle,
+    env: &Env,
+    conf: &NetConf,
+    netns: &Netns,
+    host_name: &str,
+    a: &Assigned,
+) -> Result<CniResult> {
+    match link::create_veth(h, host_name, &env.ifname, netns.raw_fd(), conf.mtu).await? {
+        VethCreate::Created => {}
+        VethCreate::Exists => {
+            return Err(Error::InterfaceExists(format!(
+                "interface {} already exists in {}",
+                env.ifname,
+                netns.path().display()
+            )));
+        }
+    }
+
+    let ifname = env.ifname.clone();
+    let leases = a.leases.clone();
+    let routes = a.routes.clone();
+    let pod_task = netns
+        .spawn(move |ph| async move { configure_pod(&ph, &ifname, &leases, &routes).await })?;
+
+    let host = configure_host(h, host_name, &a.leases).await;
+    let pod = pod_task.join()?;
+    let host = host?;
+
+    let mut result = CniResult {
+        interfaces: vec![
+            Interface {
+                name: host.name.clone(),
+                mac: host.mac.clone(),
+                mtu: host.mtu,
+                ..Default::default()
+            },
+            Interface {
+                name: pod.name.clone(),
+                mac: pod.mac.clone(),
+                mtu: pod.mtu,
+                sandbox: Some(netns.path().display().to_string()),
+                ..Default::default()
+            },
+        ],
+        ips: Vec::new(),
+        routes: a.routes.clone(),
+        dns: a.dns.clone(),
+    };
+    result.ips = a
+        .leases
+        .iter()
+        .map(|l| IpConfig {
+            address: l.address,
+            gateway: Some(l.gateway),
+            interface: Some(1),
+        })
+        .collect();
+    Ok(result)
+}
+
+/// Pod end: addresses, up, then a link route to each gateway and the subnet via it (a routed
+/// point-to-point link: neighbours in the subnet are reached through the node), then the
+/// configured routes.
+async fn configure_pod(
+    h: &Handle,
+    ifname: &str,
+    leases: &[Lease],
+    routes: &[crate::cni::result::Route],
+) -> Result<link::Link> {
+    let l = link::by_name(h, ifname)
+        .await?
+        .ok_or_else(|| Error::Internal(format!("{ifname} vanished from the pod netns")))?;
+    for lease in leases {
+        addr::add(h, l.index, lease.address, ifname).await?;
+    }
+    link::set_up(h, l.index, ifname).await?;
+    for lease in leases {
+        route::add(h, host_prefix(lease.gateway), None, l.index).await?;
+        route::add(h, lease.address, Some(lease.gateway), l.index).await?;
+    }
+    for r in routes {
+        route::add(h, r.dst, r.gw, l.index).await?;
+    }
+    Ok(l)
+}
+
+/// Host end: up, the gateway addresses (as host routes, shared by every pod's veth), a route to
+/// each pod address, and forwarding.
+async fn configure_host(h: &Handle, host_name: &str, leases: &[Lease]) -> Result<link::Link> {
+    let l = link::by_name(h, host_name)
+        .await?
+        .ok_or_else(|| Error::Internal(format!("{host_name} vanished right after creation")))?;
+    if leases.iter().any(|l| l.address.is_ipv6()) {
+        sysctl::disable_dad(host_name)?;
+    }
+    link::set_up(h, l.index, host_name).await?;
+    for lease in leases {
+        addr::add(h, l.index, host_prefix(lease.gateway), host_name).await?;
+        route::add(h, host_prefix(lease.address.ip()), None, l.index).await?;
+    }
+    sysctl::enable_forwarding(
+        leases.iter().any(|l| l.address.is_ipv4()),
+        leases.iter().any(|l| l.address.is_ipv6()),
+    )?;
+    Ok(l)
+}

@@ -1,0 +1,75 @@
+//! DEL: best effort, idempotent, and never dependent on the API or on the pod netns still
+//! existing. Everything it removes is found by deterministic name or from local records.
+
+use crate::cni::{Env, Error, NetConf, Result};
+use crate::dataplane::netns::block_on_netlink;
+use crate::dataplane::{link, names};
+use crate::ipam;
+use crate::state;
+
+pub fn del(env: &Env, conf: &NetConf) -> Result<()> {
+    let record = match state::read(&conf.state_dir, &conf.name, &env.container_id, &env.ifname) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!("ignoring unreadable attachment record: {e}");
+            None
+        }
+    };
+    let mut errors: Vec<String> = Vec::new();
+
+    // Deleting the host end takes the pod end with it, wherever the pod netns is.
+    let host_name = names::host_veth(&env.container_id, &env.ifname);
+    let links = block_on_netlink(|h| async move {
+        let mut errs = Vec::new();
+        if let Err(e) = link::delete_by_name(&h, &host_name).await {
+            errs.push(e.to_string());
+        }
+        Ok(errs)
+    })?;
+    errors.extend(links);
+
+    match record.as_ref().and_then(|r| r.ipam_delegate.as_ref()) {
+        Some(d) => {
+            if let Err(e) = run_delegate_del(env, &d.plugin, d.stdin.as_bytes()) {
+                errors.push(e.to_string());
+            }
+        }
+        None => match conf.ipam.delegate() {
+            // No record (ADD never finished, or a second DEL): ask the delegate anyway with this
+            // config; it releases by container ID and ifname.
+            Some(plugin) => {
+                let stdin = ipam::delegate_stdin(conf, None)
+                    .unwrap_or_else(|_| conf.raw.to_string().into_bytes());
+                if let Err(e) = run_delegate_del(env, plugin, &stdin) {
+                    errors.push(e.to_string());
+                }
+            }
+            None => {
+                let known = record.as_ref().map(|r| r.ips.as_slice());
+                if let Err(e) = ipam::release_builtin(conf, env, known) {
+                    errors.push(e.to_string());
+                }
+            }
+        },
+    }
+
+    if errors.is_empty() {
+        state::remove(&conf.state_dir, &conf.name, &env.container_id, &env.ifname)?;
+        Ok(())
+    } else {
+        // Keep the record so a retried DEL knows what is left.
+        Err(Error::Internal(format!(
+            "DEL incomplete: {}",
+            errors.join("; ")
+        )))
+    }
+}
+
+fn run_delegate_del(env: &Env, plugin: &str, stdin: &[u8]) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Internal(format!("tokio runtime: {e}")))?;
+    rt.block_on(ipam::delegate::exec(plugin, env, "DEL", stdin))
+        .map(|_| ())
+}

@@ -1,0 +1,42 @@
+//! STATUS: can this plugin take an ADD right now?
+
+use crate::cni::{Env, Error, NetConf, Result};
+use crate::ipam::range;
+use crate::ipam::store::Store;
+
+pub fn status(_env: &Env, conf: &NetConf) -> Result<()> {
+    let dir = &conf.state_dir;
+    std::fs::create_dir_all(dir).map_err(|e| {
+        Error::NotAvailable(format!("stateDir {} is not usable: {e}", dir.display()))
+    })?;
+    nix::unistd::access(
+        dir,
+        nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+    )
+    .map_err(|e| Error::NotAvailable(format!("stateDir {} is not writable: {e}", dir.display())))?;
+    if conf.ipam.delegate().is_some() {
+        return Ok(());
+    }
+    let sets = range::resolve(&conf.ipam.ranges, None)
+        .map_err(|e| Error::NotAvailable(format!("IPAM is not usable: {e}")))?;
+    let store = Store::open(dir, &conf.name)
+        .map_err(|e| Error::NotAvailable(format!("IPAM store is not usable: {e}")))?;
+    let leases = store
+        .leases()
+        .map_err(|e| Error::NotAvailable(e.to_string()))?;
+    for (i, set) in sets.iter().enumerate() {
+        let cap: u128 = set.iter().map(|r| r.capacity()).sum();
+        let used = leases
+            .iter()
+            .filter(|(ip, _)| set.iter().any(|r| r.contains(*ip) && *ip != r.gateway))
+            .count() as u128;
+        if used >= cap {
+            let desc: Vec<String> = set.iter().map(|r| r.describe()).collect();
+            return Err(Error::NotAvailable(format!(
+                "ipam.ranges[{i}] {} has no free address ({used} of {cap} in use)",
+                desc.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
