@@ -22,15 +22,7 @@ pub fn main() -> i32 {
         tracing::error!("panic: {info}");
     }));
     let mut version = LATEST.to_string();
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cni_main(&mut version)))
-        .unwrap_or_else(|p| {
-            let msg = p
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| p.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
-            Err(Error::Internal(format!("panic: {msg}")))
-        });
+    let outcome = guarded(|| cni_main(&mut version));
     match outcome {
         Ok(out) => {
             if let Some(v) = out
@@ -46,6 +38,18 @@ pub fn main() -> i32 {
             1
         }
     }
+}
+
+/// Runs `f`, turning a panic into an internal error.
+fn guarded<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|p| {
+        let msg = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        Err(Error::Internal(format!("panic: {msg}")))
+    })
 }
 
 fn print_json(v: &Value) -> std::io::Result<()> {
@@ -97,5 +101,21 @@ fn subcommand(args: Vec<String>) -> i32 {
             eprint!("{}", about());
             2
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_becomes_an_error_with_a_code() {
+        std::panic::set_hook(Box::new(|_| {}));
+        let e = guarded::<()>(|| panic!("boom {}", 7)).unwrap_err();
+        let _ = std::panic::take_hook();
+        assert_eq!(e.code(), 999);
+        let j = serde_json::to_value(e.to_json("1.0.0")).unwrap();
+        assert_eq!(j["msg"], "internal error: panic: boom 7");
+        assert!(guarded(|| Ok(1)).is_ok());
     }
 }

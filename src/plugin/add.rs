@@ -16,8 +16,8 @@ pub fn add(env: &Env, conf: &NetConf) -> Result<Value> {
         .netns
         .as_deref()
         .ok_or_else(|| Error::InvalidEnv("required env variables [CNI_NETNS] missing".into()))?;
-    let netns = Netns::open(netns_path)?;
     let plan = Plan::new(conf, None)?;
+    let netns = Netns::open(netns_path)?;
     let result = block_on_netlink(|h| add_interface(h, env, conf, netns, plan))?;
     Ok(result.to_value(conf.version))
 }

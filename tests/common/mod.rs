@@ -1,0 +1,313 @@
+//! Test worlds: a private "node" netns per test, pod netns inside it, the real plugin binary run
+//! in the node netns, and a guard that removes all of it even when the test fails.
+#![allow(dead_code)]
+
+use serde_json::{Value, json};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_holdfast");
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+/// True when privileged tests can run; otherwise says so loudly, or fails the test when
+/// `HOLDFAST_REQUIRE_PRIVILEGED=1` (CI), so a skipped suite can never pass for a green one.
+pub fn privileged(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    if std::env::var("HOLDFAST_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
+        panic!("{test}: needs root (CAP_NET_ADMIN) and HOLDFAST_REQUIRE_PRIVILEGED=1 is set");
+    }
+    eprintln!(
+        "\n*** SKIPPED {test}: needs root for network namespaces (run: sudo tests/run.sh) ***\n"
+    );
+    false
+}
+
+/// `ip` with arguments; panics with its stderr on failure.
+pub fn ip(args: &[&str]) -> String {
+    let out = Command::new("ip").args(args).output().expect("running ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn try_ip(args: &[&str]) -> bool {
+    Command::new("ip")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// One test's private world.
+pub struct World {
+    pub tag: String,
+    pub node: String,
+    pub state_dir: PathBuf,
+    pods: Vec<String>,
+}
+
+/// What one plugin run returned.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}): {:?}\nstderr: {}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+    pub fn ok(self) -> Self {
+        assert_eq!(
+            self.code, 0,
+            "plugin failed: stdout {} stderr {}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+    /// Asserts a CNI error with `code` whose message contains `needle`.
+    pub fn err(&self, code: u64, needle: &str) -> Value {
+        assert_ne!(self.code, 0, "expected failure, got {}", self.stdout);
+        let j = self.json();
+        assert_eq!(j["code"], code, "wrong code: {j}");
+        let msg = j["msg"].as_str().unwrap_or_default();
+        assert!(
+            msg.contains(needle),
+            "message {msg:?} does not contain {needle:?}"
+        );
+        j
+    }
+}
+
+impl World {
+    pub fn new(test: &str) -> Option<World> {
+        if !privileged(test) {
+            return None;
+        }
+        let n = SEQ.fetch_add(1, Ordering::SeqCst);
+        let tag = format!("hft{}x{n}", std::process::id());
+        let node = format!("{tag}-node");
+        ip(&["netns", "add", &node]);
+        ip(&["-n", &node, "link", "set", "lo", "up"]);
+        let state_dir = std::env::temp_dir().join(format!("{tag}-state"));
+        Some(World {
+            tag,
+            node,
+            state_dir,
+            pods: Vec::new(),
+        })
+    }
+
+    /// A new pod netns; returns its path.
+    pub fn pod(&mut self) -> String {
+        let name = format!("{}-p{}", self.tag, self.pods.len());
+        ip(&["netns", "add", &name]);
+        ip(&["-n", &name, "link", "set", "lo", "up"]);
+        self.pods.push(name.clone());
+        format!("/var/run/netns/{name}")
+    }
+
+    /// Runs `cmd` in this world's node netns.
+    pub fn in_node(&self, cmd: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.node])
+            .args(cmd)
+            .output()
+            .expect("ip netns exec")
+    }
+
+    /// Runs the plugin in the node netns with `conf` on stdin.
+    pub fn cni(&self, command: &str, cid: &str, netns: &str, ifname: &str, conf: &Value) -> Run {
+        self.cni_env(
+            command,
+            conf,
+            &[
+                ("CNI_CONTAINERID", cid),
+                ("CNI_NETNS", netns),
+                ("CNI_IFNAME", ifname),
+            ],
+        )
+    }
+
+    pub fn cni_env(&self, command: &str, conf: &Value, env: &[(&str, &str)]) -> Run {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.node, BIN])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("CNI_COMMAND", command)
+            .env("CNI_PATH", cni_path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        run_with_stdin(c, conf.to_string().as_bytes())
+    }
+
+    /// A standalone config for this world.
+    pub fn conf(&self, version: &str, ipam: Value) -> Value {
+        json!({
+            "cniVersion": version,
+            "name": "testnet",
+            "type": "holdfast",
+            "stateDir": self.state_dir,
+            "logLevel": "warn",
+            "ipam": ipam,
+        })
+    }
+
+    /// Does `netns` (a path or the node) reach `addr` with one ping?
+    pub fn ping(&self, from: &str, addr: &str) -> bool {
+        let ns = from.rsplit('/').next().unwrap_or(from);
+        Command::new("ip")
+            .args(["netns", "exec", ns, "ping", "-c1", "-W2", addr])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// Links in the node netns besides `lo`.
+    pub fn node_links(&self) -> Vec<String> {
+        let out = ip(&["-n", &self.node, "-o", "link", "show"]);
+        out.lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|n| n.split('@').next().unwrap_or(n).to_string())
+            .filter(|n| n != "lo")
+            .collect()
+    }
+
+    /// Lease files (host-local layout: files named by address).
+    pub fn leases(&self) -> Vec<String> {
+        files(&self.state_dir.join("ipam/testnet"))
+            .into_iter()
+            .filter(|f| f.parse::<std::net::IpAddr>().is_ok())
+            .collect()
+    }
+
+    pub fn records(&self) -> Vec<String> {
+        files(&self.state_dir.join("attachments/testnet"))
+    }
+
+    /// Nothing of any attachment is left: no link, lease or record in this world.
+    pub fn assert_clean(&self) {
+        assert_eq!(
+            self.node_links(),
+            Vec::<String>::new(),
+            "links left in node netns"
+        );
+        assert_eq!(self.leases(), Vec::<String>::new(), "leases left");
+        assert_eq!(self.records(), Vec::<String>::new(), "records left");
+        let routes = ip(&["-n", &self.node, "route", "show"]);
+        assert!(
+            routes.trim().is_empty(),
+            "routes left in node netns: {routes}"
+        );
+    }
+
+    /// Addresses on `ifname` inside `netns` (path), as `a/len`.
+    pub fn addrs(&self, netns: &str, ifname: &str) -> Vec<String> {
+        let ns = netns.rsplit('/').next().unwrap_or(netns);
+        let out = ip(&["-n", ns, "-o", "addr", "show", "dev", ifname]);
+        out.lines()
+            .filter_map(|l| {
+                let mut it = l.split_whitespace();
+                it.find(|w| *w == "inet" || *w == "inet6")?;
+                it.next().map(String::from)
+            })
+            .filter(|a| !a.starts_with("fe80"))
+            .collect()
+    }
+
+    pub fn delete_pod(&mut self, netns: &str) {
+        let ns = netns.rsplit('/').next().unwrap_or(netns).to_string();
+        try_ip(&["netns", "del", &ns]);
+        self.pods.retain(|p| *p != ns);
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        for p in &self.pods {
+            try_ip(&["netns", "del", p]);
+        }
+        // Deleting the node netns takes every link in it, veths and ifbs included.
+        try_ip(&["netns", "del", &self.node]);
+        let _ = std::fs::remove_dir_all(&self.state_dir);
+    }
+}
+
+pub fn files(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().to_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+pub fn cni_path() -> String {
+    "/usr/lib/cni:/opt/cni/bin".to_string()
+}
+
+/// Runs the plugin binary directly (no netns; for checks that fail before touching anything).
+pub fn run_plain(env: &[(&str, &str)], stdin: &str) -> Run {
+    let mut c = Command::new(BIN);
+    c.env_clear()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    run_with_stdin(c, stdin.as_bytes())
+}
+
+fn run_with_stdin(mut c: Command, stdin: &[u8]) -> Run {
+    let mut child = c.spawn().expect("spawn plugin");
+    if let Some(mut si) = child.stdin.take() {
+        let _ = si.write_all(stdin);
+    }
+    let out = child.wait_with_output().expect("wait plugin");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// IPAM config for a single IPv4 subnet.
+pub fn ipam_v4(subnet: &str) -> Value {
+    json!({"ranges": [[{"subnet": subnet}]], "routes": [{"dst": "0.0.0.0/0"}]})
+}
+
+pub fn ipam_dual(v4: &str, v6: &str) -> Value {
+    json!({"ranges": [[{"subnet": v4}], [{"subnet": v6}]],
+           "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]})
+}
+
+/// `conf` with `prevResult` set (what a runtime sends to CHECK and DEL).
+pub fn with_prev(conf: &Value, prev: &Value) -> Value {
+    let mut c = conf.clone();
+    c["prevResult"] = prev.clone();
+    c
+}
