@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# Installs holdfast on this node and proves it works.
+#
+#   sudo ./install.sh              build (release), install binary + conflist, create stateDir,
+#                                  then self-check: a throwaway pod netns gets an address, is
+#                                  pinged, and is deleted again.
+#   sudo ./install.sh --uninstall  reverse all of it.
+#
+# Environment: CNI_BIN_DIR (/opt/cni/bin), CNI_CONF_DIR (/etc/cni/net.d),
+# HOLDFAST_STATE_DIR (/var/lib/cni/holdfast), HOLDFAST_CONFLIST (conf/10-holdfast.conflist).
+# Idempotent: running it twice leaves the same result.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+BIN_DIR=${CNI_BIN_DIR:-/opt/cni/bin}
+CONF_DIR=${CNI_CONF_DIR:-/etc/cni/net.d}
+STATE_DIR=${HOLDFAST_STATE_DIR:-/var/lib/cni/holdfast}
+CONFLIST=${HOLDFAST_CONFLIST:-conf/10-holdfast.conflist}
+CONF_DEST="$CONF_DIR/$(basename "$CONFLIST")"
+KUBECONFIG_DEST="$CONF_DIR/holdfast-kubeconfig"
+SA_DIR=/var/run/secrets/kubernetes.io/serviceaccount
+
+say() { echo "install.sh: $*"; }
+die() { echo "install.sh: ERROR: $*" >&2; exit 1; }
+
+[ "$(id -u)" -eq 0 ] || die "run as root (sudo ./install.sh)"
+
+uninstall() {
+  rm -f "$BIN_DIR/holdfast"
+  if [ -f "$CONF_DEST" ] && cmp -s "$CONFLIST" "$CONF_DEST"; then rm -f "$CONF_DEST"; fi
+  rm -f "$KUBECONFIG_DEST" "$CONF_DIR/holdfast-token" "$CONF_DIR/holdfast-ca.crt"
+  if [ -d "$STATE_DIR/attachments" ] && [ -n "$(find "$STATE_DIR/attachments" -name '*.json' 2>/dev/null)" ]; then
+    say "kept $STATE_DIR: pods still have attachments (delete them, then run --uninstall again)"
+  else
+    rm -rf "$STATE_DIR"
+  fi
+  say "uninstalled"
+}
+
+if [ "${1:-}" = "--uninstall" ]; then uninstall; exit 0; fi
+[ $# -eq 0 ] || die "usage: $0 [--uninstall]"
+
+# Runtime tools the self-check uses.
+need=()
+command -v ip >/dev/null || need+=(iproute2)
+command -v ping >/dev/null || need+=(iputils-ping)
+if [ ${#need[@]} -gt 0 ]; then
+  say "installing ${need[*]}"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+command -v cargo >/dev/null || die "cargo not found: install Rust 1.85 or later (rustup), then rerun"
+
+say "building (release)"
+cargo build --release --locked --quiet
+install -d -m 0755 "$BIN_DIR" "$CONF_DIR"
+install -m 0755 target/release/holdfast "$BIN_DIR/holdfast.new"
+mv -f "$BIN_DIR/holdfast.new" "$BIN_DIR/holdfast"
+say "installed $BIN_DIR/holdfast"
+
+if [ ! -f "$CONF_DEST" ]; then
+  install -m 0644 "$CONFLIST" "$CONF_DEST"
+  say "installed $CONF_DEST"
+elif cmp -s "$CONFLIST" "$CONF_DEST"; then
+  say "$CONF_DEST is up to date"
+else
+  say "kept existing $CONF_DEST (differs from $CONFLIST; not overwritten)"
+fi
+install -d -m 0700 "$STATE_DIR"
+
+# Inside a pod (the DaemonSet), write a kubeconfig from the service account. The token file is
+# referenced, not embedded, so a rotated token is picked up by the next plugin run.
+if [ -r "$SA_DIR/token" ] && [ -n "${KUBERNETES_SERVICE_HOST:-}" ]; then
+  install -m 0600 "$SA_DIR/token" "$CONF_DIR/holdfast-token"
+  install -m 0644 "$SA_DIR/ca.crt" "$CONF_DIR/holdfast-ca.crt"
+  host=$KUBERNETES_SERVICE_HOST; case $host in *:*) host="[$host]";; esac
+  umask 077
+  cat > "$KUBECONFIG_DEST.tmp" <<KCFG
+apiVersion: v1
+kind: Config
+clusters:
+- name: local
+  cluster:
+    server: https://$host:${KUBERNETES_SERVICE_PORT:-443}
+    certificate-authority: $CONF_DIR/holdfast-ca.crt
+users:
+- name: holdfast
+  user:
+    tokenFile: $CONF_DIR/holdfast-token
+contexts:
+- name: holdfast
+  context: {cluster: local, user: holdfast}
+current-context: holdfast
+KCFG
+  mv -f "$KUBECONFIG_DEST.tmp" "$KUBECONFIG_DEST"
+  say "wrote $KUBECONFIG_DEST from the service account"
+fi
+
+# Self-check: the real binary, the real stateDir, this host's netns. A link-local /29 keeps it
+# clear of any real network; everything made here is removed again, also on failure.
+NS="holdfast-selfcheck-$$"
+CID="holdfast-selfcheck-$$"
+NET="holdfast-selfcheck"
+fwd_before=$(cat /proc/sys/net/ipv4/ip_forward)
+SELF_CONF=$(cat <<JSON
+{"cniVersion":"1.1.0","name":"$NET","type":"holdfast","stateDir":"$STATE_DIR",
+ "ipam":{"ranges":[[{"subnet":"169.254.233.0/29"}]]}}
+JSON
+)
+cni() {
+  echo "$SELF_CONF" | CNI_COMMAND=$1 CNI_CONTAINERID=$CID CNI_NETNS=/var/run/netns/$NS \
+    CNI_IFNAME=eth0 CNI_PATH="$BIN_DIR" "$BIN_DIR/holdfast"
+}
+cleanup() {
+  cni DEL >/dev/null 2>&1 || true
+  ip netns del "$NS" 2>/dev/null || true
+  rm -rf "$STATE_DIR/ipam/$NET" "$STATE_DIR/attachments/$NET"
+  echo "$fwd_before" > /proc/sys/net/ipv4/ip_forward
+}
+trap cleanup EXIT
+ip netns add "$NS"
+result=$(cni ADD) || die "self-check ADD failed: $result"
+addr=$(echo "$result" | sed -n 's/.*"address":"\([0-9.]*\)\/.*/\1/p')
+[ -n "$addr" ] || die "self-check: no address in result: $result"
+ping -c1 -W2 "$addr" >/dev/null || die "self-check: node cannot ping the pod at $addr"
+ip netns exec "$NS" ping -c1 -W2 169.254.233.1 >/dev/null || die "self-check: pod cannot ping its gateway"
+cni DEL >/dev/null || die "self-check DEL failed"
+host_if=$(echo "$result" | sed -n 's/.*"name":"\(hf[0-9a-f]*\)".*/\1/p')
+if [ -n "$host_if" ] && ip link show "$host_if" >/dev/null 2>&1; then die "self-check: $host_if survived DEL"; fi
+say "self-check passed: pod got $addr, answered ping, and was deleted"
