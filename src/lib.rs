@@ -4,6 +4,7 @@
 //! local records, [`plugin`] the verbs that tie them together, [`cli`] the process edge.
 
 pub mod cli;
+pub mod cluster;
 pub mod cni;
 pub mod dataplane;
 pub mod ipam;

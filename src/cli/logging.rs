@@ -1,8 +1,11 @@
 //! Logs go to `logFile` or stderr, never stdout (stdout carries the result).
 
 use std::path::Path;
-use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::prelude::*;
 
+/// At `info` and quieter, only holdfast's own events: a fallback is one line naming the failure,
+/// not that line plus the HTTP client's. At `debug` and `trace`, every crate's.
 pub fn init(file: Option<&Path>, level: &str) {
     let level = match level {
         "off" => LevelFilter::OFF,
@@ -12,8 +15,15 @@ pub fn init(file: Option<&Path>, level: &str) {
         "trace" => LevelFilter::TRACE,
         _ => LevelFilter::INFO,
     };
-    let builder = tracing_subscriber::fmt()
-        .with_max_level(level)
+    let others = if level >= LevelFilter::DEBUG {
+        level
+    } else {
+        LevelFilter::OFF
+    };
+    let filter = Targets::new()
+        .with_target("holdfast", level)
+        .with_default(others);
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(false)
         .with_target(false);
     let opened = file.and_then(|p| {
@@ -24,7 +34,14 @@ pub fn init(file: Option<&Path>, level: &str) {
             .ok()
     });
     let _ = match opened {
-        Some(f) => builder.with_writer(std::sync::Mutex::new(f)).try_init(),
-        None => builder.with_writer(std::io::stderr).try_init(),
+        Some(f) => tracing_subscriber::registry()
+            .with(
+                fmt.with_writer(std::sync::Mutex::new(f))
+                    .with_filter(filter),
+            )
+            .try_init(),
+        None => tracing_subscriber::registry()
+            .with(fmt.with_writer(std::io::stderr).with_filter(filter))
+            .try_init(),
     };
 }

@@ -1,6 +1,7 @@
 //! The process edge: reads the environment and stdin, runs a verb or a subcommand, writes the
 //! one result (or error JSON) to stdout and picks the exit code.
 
+mod conffile;
 mod logging;
 
 use crate::cni::version::{LATEST, SUPPORTED};
@@ -85,7 +86,9 @@ fn about() -> String {
     format!(
         "CNI plugin {NAME} v{VERSION}\nCNI protocol versions supported: {}\n\n\
          Run by a container runtime with CNI_COMMAND set (ADD, DEL, CHECK, VERSION, STATUS, GC).\n\
-         Without CNI_COMMAND:\n  {NAME} version    print this text\n",
+         Without CNI_COMMAND:\n  \
+         {NAME} sync [--conf PATH]     refresh the cluster-info cache now\n  \
+         {NAME} version                print this text\n",
         SUPPORTED.join(", ")
     )
 }
@@ -96,10 +99,75 @@ fn subcommand(args: Vec<String>) -> i32 {
             eprint!("{}", about());
             0
         }
+        Some("sync") => sync(&args[1..]),
         Some(other) => {
             eprintln!("{NAME}: unknown subcommand {other:?}\n");
             eprint!("{}", about());
             2
+        }
+    }
+}
+
+/// `--conf PATH` from the arguments, rejecting anything else.
+fn conf_arg(
+    args: &[String],
+    allowed: &[&str],
+) -> std::result::Result<(Option<std::path::PathBuf>, Vec<String>), String> {
+    let mut conf = None;
+    let mut flags = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--conf" => conf = Some(it.next().ok_or("--conf needs a path")?.into()),
+            f if allowed.contains(&f) => flags.push(f.to_string()),
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok((conf, flags))
+}
+
+fn sync(args: &[String]) -> i32 {
+    let (path, _) = match conf_arg(args, &[]) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("{NAME} sync: {e}");
+            return 2;
+        }
+    };
+    let (file, conf) = match conffile::load(path.as_deref()) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("{NAME} sync: {e}");
+            return 1;
+        }
+    };
+    logging::init(conf.log_file.as_deref(), &conf.log_level);
+    match crate::cluster::refresh(&conf) {
+        Ok(Ok(info)) => {
+            let cidrs: Vec<String> = info.pod_cidrs.iter().map(|c| c.to_string()).collect();
+            let eps: Vec<String> = info.api_endpoints.iter().map(|e| e.to_string()).collect();
+            println!(
+                "fetched from {}: node {} (uid {}), podCIDRs [{}], apiserver endpoints [{}]\ncached in {} (config {})",
+                info.fetched_from,
+                info.node_name,
+                info.node_uid,
+                cidrs.join(", "),
+                eps.join(", "),
+                crate::cluster::cache::path(&conf.state_dir).display(),
+                file.display()
+            );
+            0
+        }
+        Ok(Err(attempts)) => {
+            eprintln!("{NAME} sync: Kubernetes API unreachable, cache unchanged:");
+            for a in attempts {
+                eprintln!("  {a}");
+            }
+            1
+        }
+        Err(e) => {
+            eprintln!("{NAME} sync: {e}");
+            1
         }
     }
 }

@@ -146,14 +146,3 @@ pub fn connect() -> Result<Handle> {
     tokio::spawn(conn);
     Ok(handle)
 }
-
-/// True when this process runs in the machine's initial network namespace.
-pub fn in_initial_netns() -> bool {
-    match (
-        std::fs::metadata("/proc/self/ns/net"),
-        std::fs::metadata("/proc/1/ns/net"),
-    ) {
-        (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
-        _ => false,
-    }
-}

@@ -16,8 +16,23 @@ pub fn add(env: &Env, conf: &NetConf) -> Result<Value> {
         .netns
         .as_deref()
         .ok_or_else(|| Error::InvalidEnv("required env variables [CNI_NETNS] missing".into()))?;
-    let plan = Plan::new(conf, None)?;
+    // Everything that can be checked without the API is checked first, so an invalid request
+    // never costs an API wait; cluster info (if needed) comes before any change.
+    let needs_cluster = crate::cluster::needs_pod_cidrs(conf);
+    let plan = if needs_cluster {
+        crate::cluster::kube_conf(conf)?;
+        None
+    } else {
+        Some(Plan::new(conf, None)?)
+    };
     let netns = Netns::open(netns_path)?;
+    let plan = match plan {
+        Some(p) => p,
+        None => {
+            let (info, _) = crate::cluster::for_add(conf)?;
+            Plan::new(conf, Some(&info.pod_cidrs))?
+        }
+    };
     let result = block_on_netlink(|h| add_interface(h, env, conf, netns, plan))?;
     Ok(result.to_value(conf.version))
 }

@@ -38,7 +38,8 @@ pub fn del(env: &Env, conf: &NetConf) -> Result<()> {
             // No record (ADD never finished, or a second DEL): ask the delegate anyway with this
             // config; it releases by container ID and ifname.
             Some(plugin) => {
-                let stdin = ipam::delegate_stdin(conf, None)
+                let cidrs = crate::cluster::cached_pod_cidrs(conf);
+                let stdin = ipam::delegate_stdin(conf, cidrs.as_deref())
                     .unwrap_or_else(|_| conf.raw.to_string().into_bytes());
                 if let Err(e) = run_delegate_del(env, plugin, &stdin) {
                     errors.push(e.to_string());

@@ -17,7 +17,21 @@ pub fn status(_env: &Env, conf: &NetConf) -> Result<()> {
     if conf.ipam.delegate().is_some() {
         return Ok(());
     }
-    let sets = range::resolve(&conf.ipam.ranges, None)
+    // podCIDRs from the cache; only without one does STATUS have to ask the API.
+    let cidrs = if crate::cluster::needs_pod_cidrs(conf) {
+        match crate::cluster::cached_pod_cidrs(conf) {
+            Some(c) => Some(c),
+            None => Some(
+                crate::cluster::for_add(conf)
+                    .map_err(|e| Error::NotAvailable(format!("node podCIDRs unknown: {e}")))?
+                    .0
+                    .pod_cidrs,
+            ),
+        }
+    } else {
+        None
+    };
+    let sets = range::resolve(&conf.ipam.ranges, cidrs.as_deref())
         .map_err(|e| Error::NotAvailable(format!("IPAM is not usable: {e}")))?;
     let store = Store::open(dir, &conf.name)
         .map_err(|e| Error::NotAvailable(format!("IPAM store is not usable: {e}")))?;

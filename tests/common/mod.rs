@@ -2,6 +2,8 @@
 //! in the node netns, and a guard that removes all of it even when the test fails.
 #![allow(dead_code)]
 
+pub mod fakeapi;
+
 use serde_json::{Value, json};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -53,6 +55,8 @@ pub struct World {
     pub node: String,
     pub state_dir: PathBuf,
     pods: Vec<String>,
+    /// Links (and their routes) the test itself set up in the node netns, e.g. a black hole.
+    pub fixtures: Vec<String>,
 }
 
 /// What one plugin run returned.
@@ -110,6 +114,7 @@ impl World {
             node,
             state_dir,
             pods: Vec::new(),
+            fixtures: Vec::new(),
         })
     }
 
@@ -189,7 +194,7 @@ impl World {
         out.lines()
             .filter_map(|l| l.split(": ").nth(1))
             .map(|n| n.split('@').next().unwrap_or(n).to_string())
-            .filter(|n| n != "lo")
+            .filter(|n| n != "lo" && !self.fixtures.contains(n))
             .collect()
     }
 
@@ -214,11 +219,17 @@ impl World {
         );
         assert_eq!(self.leases(), Vec::<String>::new(), "leases left");
         assert_eq!(self.records(), Vec::<String>::new(), "records left");
-        let routes = ip(&["-n", &self.node, "route", "show"]);
-        assert!(
-            routes.trim().is_empty(),
-            "routes left in node netns: {routes}"
-        );
+        let routes: Vec<String> = ip(&["-n", &self.node, "route", "show"])
+            .lines()
+            .filter(|l| {
+                !self
+                    .fixtures
+                    .iter()
+                    .any(|f| l.contains(&format!("dev {f}")))
+            })
+            .map(String::from)
+            .collect();
+        assert!(routes.is_empty(), "routes left in node netns: {routes:?}");
     }
 
     /// Addresses on `ifname` inside `netns` (path), as `a/len`.

@@ -1,0 +1,98 @@
+//! The cluster-info cache: `stateDir/cluster-info.json`, versioned JSON, written atomically and
+//! durably (it is what keeps pods starting while the API is down, so it must survive a power cut).
+
+use super::ClusterInfo;
+use crate::cni::Result;
+use crate::state::atomic;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+pub const CACHE_VERSION: u32 = 1;
+pub const FILE: &str = "cluster-info.json";
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct OnDisk {
+    version: u32,
+    #[serde(flatten)]
+    info: ClusterInfo,
+}
+
+pub fn path(state_dir: &Path) -> PathBuf {
+    state_dir.join(FILE)
+}
+
+/// Why there is no usable cache.
+#[derive(Debug, PartialEq)]
+pub enum Unusable {
+    Missing,
+    Corrupt(String),
+    ForeignNode(String),
+}
+
+impl std::fmt::Display for Unusable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unusable::Missing => write!(f, "no cache yet"),
+            Unusable::Corrupt(e) => write!(f, "cache is corrupt ({e}), ignored"),
+            Unusable::ForeignNode(n) => write!(f, "cache belongs to node {n:?}, ignored"),
+        }
+    }
+}
+
+/// Loads the cache of `node`. A corrupt or foreign cache is reported, never fatal.
+pub fn load(state_dir: &Path, node: &str) -> std::result::Result<ClusterInfo, Unusable> {
+    let p = path(state_dir);
+    let bytes = match std::fs::read(&p) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Unusable::Missing),
+        Err(e) => return Err(Unusable::Corrupt(e.to_string())),
+    };
+    let d: OnDisk = serde_json::from_slice(&bytes).map_err(|e| Unusable::Corrupt(e.to_string()))?;
+    if d.version != CACHE_VERSION {
+        return Err(Unusable::Corrupt(format!("unknown version {}", d.version)));
+    }
+    if d.info.node_name != node {
+        return Err(Unusable::ForeignNode(d.info.node_name));
+    }
+    Ok(d.info)
+}
+
+pub fn store(state_dir: &Path, info: &ClusterInfo) -> Result<()> {
+    let d = OnDisk {
+        version: CACHE_VERSION,
+        info: info.clone(),
+    };
+    let bytes = serde_json::to_vec_pretty(&d)
+        .map_err(|e| crate::cni::Error::Internal(format!("encoding cluster info: {e}")))?;
+    atomic::write(&path(state_dir), &bytes, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn round_trip_mode_corrupt_foreign() {
+        let dir = std::env::temp_dir().join(format!("hf-cache-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(load(&dir, "n1").unwrap_err(), Unusable::Missing);
+        let info = ClusterInfo {
+            node_name: "n1".into(),
+            node_uid: "uid".into(),
+            pod_cidrs: vec!["10.42.0.0/24".parse().unwrap()],
+            api_endpoints: vec!["192.0.2.10:6443".parse().unwrap()],
+            fetched_unix: 1000,
+            fetched_from: "10.43.0.1:443".into(),
+        };
+        store(&dir, &info).unwrap();
+        assert_eq!(load(&dir, "n1").unwrap(), info);
+        let mode = std::fs::metadata(path(&dir)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert!(matches!(load(&dir, "n2"), Err(Unusable::ForeignNode(n)) if n == "n1"));
+        std::fs::write(path(&dir), b"{\"version\":1,").unwrap();
+        assert!(matches!(load(&dir, "n1"), Err(Unusable::Corrupt(_))));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

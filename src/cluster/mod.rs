@@ -1,0 +1,164 @@
+//! Cluster info (this node's podCIDRs and UID, the apiserver's real addresses) and the rule that
+//! keeps pods starting when the API is unreachable: fresh cache → no request; stale → a bounded
+//! attempt; no answer → the cache; no cache → error 11 naming every attempt.
+//!
+//! Only ADD, `sync`, `doctor` and STATUS (when it has no cache) come here. DEL, CHECK and GC never do.
+
+pub mod cache;
+pub mod client;
+
+use crate::cni::config::{KubeConf, USE_POD_CIDR};
+use crate::cni::{Error, NetConf, Result};
+use ipnetwork::IpNetwork;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterInfo {
+    pub node_name: String,
+    pub node_uid: String,
+    #[serde(rename = "podCIDRs")]
+    pub pod_cidrs: Vec<IpNetwork>,
+    pub api_endpoints: Vec<SocketAddr>,
+    pub fetched_unix: u64,
+    pub fetched_from: String,
+}
+
+impl ClusterInfo {
+    pub fn age_secs(&self) -> u64 {
+        crate::state::now_unix().saturating_sub(self.fetched_unix)
+    }
+}
+
+/// True when the config needs the node's podCIDRs.
+pub fn needs_pod_cidrs(conf: &NetConf) -> bool {
+    conf.ipam
+        .ranges
+        .iter()
+        .flatten()
+        .any(|r| r.subnet == USE_POD_CIDR)
+}
+
+pub fn node_name(kube: &KubeConf) -> Result<String> {
+    if let Some(n) = kube.node_name.as_ref().filter(|n| !n.is_empty()) {
+        return Ok(n.clone());
+    }
+    nix::unistd::gethostname()
+        .map_err(|e| {
+            Error::config(format!(
+                "kubernetes.nodeName is not set and the host name is unknown: {e}"
+            ))
+        })?
+        .into_string()
+        .map_err(|_| Error::config("kubernetes.nodeName is not set and the host name is not UTF-8"))
+}
+
+pub fn kube_conf(conf: &NetConf) -> Result<&KubeConf> {
+    conf.kubernetes.as_ref().ok_or_else(|| {
+        Error::config(format!(
+            "ipam uses {USE_POD_CIDR} but no \"kubernetes\" section is configured"
+        ))
+    })
+}
+
+/// Where cluster info came from, for `sync` and logs.
+#[derive(Debug)]
+pub enum Source {
+    /// Cache younger than `refreshSeconds`: no request made.
+    FreshCache,
+    /// The API answered.
+    Api,
+    /// The API did not answer; the cache was used.
+    StaleCache(Vec<client::Attempt>),
+}
+
+/// Cluster info for ADD, by the rule in the module doc.
+pub fn for_add(conf: &NetConf) -> Result<(ClusterInfo, Source)> {
+    let kube = kube_conf(conf)?;
+    let node = node_name(kube)?;
+    let cached = match cache::load(&conf.state_dir, &node) {
+        Ok(c) => Some(c),
+        Err(cache::Unusable::Missing) => None,
+        Err(why) => {
+            tracing::warn!(
+                "cluster-info cache {}: {why}",
+                cache::path(&conf.state_dir).display()
+            );
+            None
+        }
+    };
+    if let Some(c) = &cached
+        && c.age_secs() < kube.refresh_seconds
+    {
+        return Ok((c.clone(), Source::FreshCache));
+    }
+    let endpoints = cached
+        .as_ref()
+        .map(|c| c.api_endpoints.clone())
+        .unwrap_or_default();
+    match fetch_blocking(kube, &node, &endpoints)? {
+        Ok(info) => {
+            if let Err(e) = cache::store(&conf.state_dir, &info) {
+                tracing::warn!("could not write the cluster-info cache: {e}");
+            }
+            Ok((info, Source::Api))
+        }
+        Err(attempts) => {
+            let what = client::describe_attempts(&attempts);
+            match cached {
+                Some(c)
+                    if kube.max_stale_seconds == 0 || c.age_secs() <= kube.max_stale_seconds =>
+                {
+                    tracing::warn!(
+                        "Kubernetes API unreachable ({what}); using cluster info cached {}s ago",
+                        c.age_secs()
+                    );
+                    Ok((c, Source::StaleCache(attempts)))
+                }
+                Some(c) => Err(Error::TryAgainLater(format!(
+                    "Kubernetes API unreachable ({what}) and the cached cluster info is {}s old, over maxStaleSeconds {}",
+                    c.age_secs(),
+                    kube.max_stale_seconds
+                ))),
+                None => Err(Error::TryAgainLater(format!(
+                    "Kubernetes API unreachable and no cached cluster info: {what}"
+                ))),
+            }
+        }
+    }
+}
+
+/// Fetches now, ignoring the cache's age (`holdfast sync`); stores what it got.
+pub fn refresh(conf: &NetConf) -> Result<std::result::Result<ClusterInfo, Vec<client::Attempt>>> {
+    let kube = kube_conf(conf)?;
+    let node = node_name(kube)?;
+    let endpoints = cache::load(&conf.state_dir, &node)
+        .map(|c| c.api_endpoints)
+        .unwrap_or_default();
+    let r = fetch_blocking(kube, &node, &endpoints)?;
+    if let Ok(info) = &r {
+        cache::store(&conf.state_dir, info)?;
+    }
+    Ok(r)
+}
+
+/// Cached podCIDRs only, whatever their age: for verbs that must not contact the API.
+pub fn cached_pod_cidrs(conf: &NetConf) -> Option<Vec<IpNetwork>> {
+    let node = node_name(conf.kubernetes.as_ref()?).ok()?;
+    cache::load(&conf.state_dir, &node)
+        .ok()
+        .map(|c| c.pod_cidrs)
+}
+
+fn fetch_blocking(
+    kube: &KubeConf,
+    node: &str,
+    endpoints: &[SocketAddr],
+) -> Result<std::result::Result<ClusterInfo, Vec<client::Attempt>>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Internal(format!("tokio runtime: {e}")))?;
+    Ok(rt.block_on(client::fetch(kube, node, endpoints)))
+}
