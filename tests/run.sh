@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PKGS=(iproute2 iputils-ping iperf3 containernetworking-plugins containerd runc busybox-static ca-certificates)
+PKGS=(iproute2 iputils-ping iperf3 iptables containernetworking-plugins containerd runc busybox-static ca-certificates)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

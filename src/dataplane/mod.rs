@@ -8,3 +8,4 @@ pub mod names;
 pub mod netns;
 pub mod route;
 pub mod sysctl;
+pub mod tc;

@@ -1,8 +1,11 @@
-//! ADD in interface mode: a veth pair, addresses and routes, undone completely on failure.
+//! ADD. Interface mode (no `CNI_IFNAME` in `prevResult`): a veth pair, addresses, routes and
+//! limits. Chained mode: limits on the earlier plugin's veth. Either way, a failure undoes every
+//! step before the error is returned.
 
+use super::bandwidth::{self, Limits};
 use crate::cni::result::{Interface, IpConfig};
-use crate::cni::{CniResult, Env, Error, NetConf, Result};
-use crate::dataplane::link::{self, VethCreate};
+use crate::cni::{CniResult, Env, Error, NetConf, Result, Version};
+use crate::dataplane::link::{self, Link, VethCreate};
 use crate::dataplane::netns::{Netns, block_on_netlink};
 use crate::dataplane::{addr, names, route, sysctl};
 use crate::ipam::{self, Assigned, Lease, Plan};
@@ -16,6 +19,15 @@ pub fn add(env: &Env, conf: &NetConf) -> Result<Value> {
         .netns
         .as_deref()
         .ok_or_else(|| Error::InvalidEnv("required env variables [CNI_NETNS] missing".into()))?;
+    let limits = bandwidth::from_conf(conf)?;
+    if let Some(prev) = &conf.prev_result
+        && is_chained(prev, env, netns_path)
+    {
+        let netns = Netns::open(netns_path)?;
+        let result = block_on_netlink(|h| super::chained::add(h, env, conf, netns, limits))?;
+        return Ok(result.to_value(conf.version));
+    }
+
     // Everything that can be checked without the API is checked first, so an invalid request
     // never costs an API wait; cluster info (if needed) comes before any change.
     let needs_cluster = crate::cluster::needs_pod_cidrs(conf);
@@ -33,8 +45,19 @@ pub fn add(env: &Env, conf: &NetConf) -> Result<Value> {
             Plan::new(conf, Some(&info.pod_cidrs))?
         }
     };
-    let result = block_on_netlink(|h| add_interface(h, env, conf, netns, plan))?;
+    let result = block_on_netlink(|h| add_interface(h, env, conf, netns, plan, limits))?;
     Ok(result.to_value(conf.version))
+}
+
+/// An earlier plugin already put `CNI_IFNAME` into this sandbox.
+fn is_chained(prev: &CniResult, env: &Env, netns: &std::path::Path) -> bool {
+    let ns = netns.to_string_lossy();
+    prev.interfaces.iter().any(|i| {
+        i.name == env.ifname
+            && i.sandbox
+                .as_deref()
+                .is_some_and(|s| !s.is_empty() && s == ns)
+    })
 }
 
 async fn add_interface(
@@ -43,63 +66,72 @@ async fn add_interface(
     conf: &NetConf,
     netns: Netns,
     plan: Plan,
+    limits: Limits,
 ) -> Result<CniResult> {
     let host_name = names::host_veth(&env.container_id, &env.ifname);
-    clear_previous_attempt(&h, env, conf, &host_name).await?;
+    let ifb_name = names::ifb(&env.container_id, &env.ifname);
+    clear_previous_attempt(&h, env, conf, &host_name, &ifb_name).await?;
 
     let assigned = plan.add(conf, env).await?;
-    match wire(&h, env, conf, &netns, &host_name, &assigned).await {
-        Ok(result) => {
-            let record = Record {
-                version: state::RECORD_VERSION,
-                network: conf.name.clone(),
-                container_id: env.container_id.clone(),
-                ifname: env.ifname.clone(),
-                mode: Mode::Interface,
-                netns: Some(netns.path().display().to_string()),
-                host_ifname: Some(host_name.clone()),
-                ifb: None,
-                ips: assigned.leases.iter().map(|l| l.address.ip()).collect(),
-                ipam_delegate: match &plan {
-                    Plan::Delegate { plugin, stdin } => Some(Delegated {
-                        plugin: plugin.clone(),
-                        stdin: String::from_utf8_lossy(stdin).into_owned(),
-                    }),
-                    Plan::Builtin { .. } => None,
-                },
-                result: result.to_value(crate::cni::Version::V1_1_0),
-                created_unix: state::now_unix(),
-            };
-            if let Err(e) = state::write(&conf.state_dir, &record) {
-                undo(&h, env, conf, &plan, &host_name).await;
-                return Err(e);
-            }
-            Ok(result)
-        }
-        Err(e) => {
-            undo(&h, env, conf, &plan, &host_name).await;
-            Err(e)
+    let outcome = async {
+        let (result, ifb) = wire(
+            &h, env, conf, &netns, &host_name, &ifb_name, &assigned, &limits,
+        )
+        .await?;
+        let record = Record {
+            version: state::RECORD_VERSION,
+            network: conf.name.clone(),
+            container_id: env.container_id.clone(),
+            ifname: env.ifname.clone(),
+            mode: Mode::Interface,
+            netns: Some(netns.path().display().to_string()),
+            host_ifname: Some(host_name.clone()),
+            ifb: ifb.map(|l| l.name),
+            ips: assigned.leases.iter().map(|l| l.address.ip()).collect(),
+            ipam_delegate: match &plan {
+                Plan::Delegate { plugin, stdin } => Some(Delegated {
+                    plugin: plugin.clone(),
+                    stdin: String::from_utf8_lossy(stdin).into_owned(),
+                }),
+                Plan::Builtin { .. } => None,
+            },
+            result: result.to_value(Version::V1_1_0),
+            created_unix: state::now_unix(),
+        };
+        state::write(&conf.state_dir, &record)?;
+        Ok(result)
+    }
+    .await;
+    if outcome.is_err() {
+        undo_links(&h, &[&host_name, &ifb_name]).await;
+        if let Err(e) = plan.undo(conf, env).await {
+            tracing::warn!("undoing ADD: releasing addresses: {e}");
         }
     }
+    outcome
 }
 
-/// A retried ADD (the runtime timed out, or we crashed) finds its own leftovers: the host veth by
-/// its deterministic name and possibly a record and leases. They are ours, so they go.
+/// A retried ADD (the runtime timed out, or we crashed) finds its own leftovers: the host veth
+/// and ifb by their deterministic names, and possibly a record and leases. They are ours, so
+/// they go.
 async fn clear_previous_attempt(
     h: &Handle,
     env: &Env,
     conf: &NetConf,
     host_name: &str,
+    ifb_name: &str,
 ) -> Result<()> {
     let stale_link = link::delete_by_name(h, host_name).await?;
+    let stale_ifb = link::delete_by_name(h, ifb_name).await?;
     let record =
         state::read(&conf.state_dir, &conf.name, &env.container_id, &env.ifname).unwrap_or(None);
-    if !stale_link && record.is_none() {
+    if !stale_link && !stale_ifb && record.is_none() {
         return Ok(());
     }
     tracing::info!(
         container = %env.container_id, ifname = %env.ifname,
-        "replacing leftovers of an earlier ADD (host veth: {stale_link}, record: {})", record.is_some()
+        "replacing leftovers of an earlier ADD (host veth: {stale_link}, ifb: {stale_ifb}, record: {})",
+        record.is_some()
     );
     match record.as_ref().and_then(|r| r.ipam_delegate.as_ref()) {
         Some(d) => {
@@ -112,12 +144,11 @@ async fn clear_previous_attempt(
     state::remove(&conf.state_dir, &conf.name, &env.container_id, &env.ifname)
 }
 
-async fn undo(h: &Handle, env: &Env, conf: &NetConf, plan: &Plan, host_name: &str) {
-    if let Err(e) = link::delete_by_name(h, host_name).await {
-        tracing::warn!("undoing ADD: deleting {host_name}: {e}");
-    }
-    if let Err(e) = plan.undo(conf, env).await {
-        tracing::warn!("undoing ADD: releasing addresses: {e}");
+pub(super) async fn undo_links(h: &Handle, names: &[&str]) {
+    for n in names {
+        if let Err(e) = link::delete_by_name(h, n).await {
+            tracing::warn!("undoing ADD: deleting {n}: {e}");
+        }
     }
 }
 
@@ -126,15 +157,28 @@ fn host_prefix(ip: std::net::IpAddr) -> IpNetwork {
     IpNetwork::new(ip, len).unwrap_or_else(|_| IpNetwork::from(ip))
 }
 
+/// The result entry for an ifb, as the reference bandwidth plugin lists it.
+pub(super) fn ifb_interface(ifb: &Link) -> Interface {
+    Interface {
+        name: ifb.name.clone(),
+        mac: ifb.mac.clone(),
+        mtu: ifb.mtu,
+        ..Default::default()
+    }
+}
+
 /// Creates the veth pair and configures both ends; pod side and host side run concurrently.
+#[allow(clippy::too_many_arguments)]
 async fn wire(
     h: &Handle,
     env: &Env,
     conf: &NetConf,
     netns: &Netns,
     host_name: &str,
+    ifb_name: &str,
     a: &Assigned,
-) -> Result<CniResult> {
+    limits: &Limits,
+) -> Result<(CniResult, Option<Link>)> {
     match link::create_veth(h, host_name, &env.ifname, netns.raw_fd(), conf.mtu).await? {
         VethCreate::Created => {}
         VethCreate::Exists => {
@@ -149,43 +193,55 @@ async fn wire(
     let ifname = env.ifname.clone();
     let leases = a.leases.clone();
     let routes = a.routes.clone();
-    let pod_task = netns
-        .spawn(move |ph| async move { configure_pod(&ph, &ifname, &leases, &routes).await })?;
+    let pod_limits = limits.clone();
+    let pod_task = netns.spawn(move |ph| async move {
+        let l = configure_pod(&ph, &ifname, &leases, &routes).await?;
+        bandwidth::apply_pod(&ph, &l, &pod_limits).await?;
+        Ok(l)
+    })?;
 
-    let host = configure_host(h, host_name, &a.leases).await;
+    let host = async {
+        let host = configure_host(h, host_name, &a.leases).await?;
+        let ifb = bandwidth::apply_host(h, &host, limits, ifb_name).await?;
+        Ok::<_, Error>((host, ifb))
+    }
+    .await;
     let pod = pod_task.join()?;
-    let host = host?;
+    let (host, ifb) = host?;
 
-    let mut result = CniResult {
-        interfaces: vec![
-            Interface {
-                name: host.name.clone(),
-                mac: host.mac.clone(),
-                mtu: host.mtu,
-                ..Default::default()
-            },
-            Interface {
-                name: pod.name.clone(),
-                mac: pod.mac.clone(),
-                mtu: pod.mtu,
-                sandbox: Some(netns.path().display().to_string()),
-                ..Default::default()
-            },
-        ],
-        ips: Vec::new(),
+    let mut interfaces = vec![
+        Interface {
+            name: host.name.clone(),
+            mac: host.mac.clone(),
+            mtu: host.mtu,
+            ..Default::default()
+        },
+        Interface {
+            name: pod.name.clone(),
+            mac: pod.mac.clone(),
+            mtu: pod.mtu,
+            sandbox: Some(netns.path().display().to_string()),
+            ..Default::default()
+        },
+    ];
+    if let Some(i) = &ifb {
+        interfaces.push(ifb_interface(i));
+    }
+    let result = CniResult {
+        interfaces,
+        ips: a
+            .leases
+            .iter()
+            .map(|l| IpConfig {
+                address: l.address,
+                gateway: Some(l.gateway),
+                interface: Some(1),
+            })
+            .collect(),
         routes: a.routes.clone(),
         dns: a.dns.clone(),
     };
-    result.ips = a
-        .leases
-        .iter()
-        .map(|l| IpConfig {
-            address: l.address,
-            gateway: Some(l.gateway),
-            interface: Some(1),
-        })
-        .collect();
-    Ok(result)
+    Ok((result, ifb))
 }
 
 /// Pod end: addresses, up, then a link route to each gateway and the subnet via it (a routed
@@ -196,7 +252,7 @@ async fn configure_pod(
     ifname: &str,
     leases: &[Lease],
     routes: &[crate::cni::result::Route],
-) -> Result<link::Link> {
+) -> Result<Link> {
     let l = link::by_name(h, ifname)
         .await?
         .ok_or_else(|| Error::Internal(format!("{ifname} vanished from the pod netns")))?;
@@ -216,7 +272,7 @@ async fn configure_pod(
 
 /// Host end: up, the gateway addresses (as host routes, shared by every pod's veth), a route to
 /// each pod address, and forwarding.
-async fn configure_host(h: &Handle, host_name: &str, leases: &[Lease]) -> Result<link::Link> {
+async fn configure_host(h: &Handle, host_name: &str, leases: &[Lease]) -> Result<Link> {
     let l = link::by_name(h, host_name)
         .await?
         .ok_or_else(|| Error::Internal(format!("{host_name} vanished right after creation")))?;

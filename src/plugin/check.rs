@@ -1,6 +1,7 @@
-//! CHECK: does the attachment still look like `prevResult` says? Names the first thing that
-//! differs. Reads only the kernel and local files.
+//! CHECK: does the attachment still look like `prevResult` and the config say? Names the first
+//! thing that differs. Reads only the kernel and local files.
 
+use super::bandwidth;
 use crate::cni::{CniResult, Env, Error, NetConf, Result};
 use crate::dataplane::netns::{Netns, block_on_netlink};
 use crate::dataplane::{addr, link, names, route};
@@ -16,6 +17,7 @@ pub fn check(env: &Env, conf: &NetConf) -> Result<()> {
         .netns
         .as_deref()
         .ok_or_else(|| Error::InvalidEnv("required env variables [CNI_NETNS] missing".into()))?;
+    let limits = bandwidth::from_conf(conf)?;
     let netns = Netns::open(netns_path)?;
     let record = state::read(&conf.state_dir, &conf.name, &env.container_id, &env.ifname)?
         .ok_or_else(|| {
@@ -29,22 +31,38 @@ pub fn check(env: &Env, conf: &NetConf) -> Result<()> {
         .host_ifname
         .clone()
         .unwrap_or_else(|| names::host_veth(&env.container_id, &env.ifname));
-    let host = block_on_netlink(|h| async move {
-        link::by_name(&h, &host_name).await.map(|l| (l, host_name))
+    let ifb_name = names::ifb(&env.container_id, &env.ifname);
+    let host_limits = limits.clone();
+    block_on_netlink(|h| async move {
+        let host = link::by_name(&h, &host_name)
+            .await?
+            .ok_or_else(|| Error::CheckFailed(format!("host interface {host_name} is missing")))?;
+        if !host.up {
+            return Err(Error::CheckFailed(format!(
+                "host interface {host_name} is down"
+            )));
+        }
+        bandwidth::check_host(&h, &host, &host_limits, &ifb_name).await
     })?;
-    let (host, host_name) = host;
-    let host =
-        host.ok_or_else(|| Error::CheckFailed(format!("host interface {host_name} is missing")))?;
-    if !host.up {
-        return Err(Error::CheckFailed(format!(
-            "host interface {host_name} is down"
-        )));
-    }
 
     let ifname = env.ifname.clone();
     let expected = prev.clone();
     let sandbox = netns.path().display().to_string();
-    netns.run(move |h| async move { check_pod(&h, &ifname, &sandbox, &expected).await })?;
+    let chained = record.mode == state::Mode::Chained;
+    netns.run(move |h| async move {
+        // In chained mode the interface, addresses and routes are the earlier plugin's to check.
+        let l = if chained {
+            link::by_name(&h, &ifname).await?.ok_or_else(|| {
+                Error::CheckFailed(format!("interface {ifname} is missing from {sandbox}"))
+            })?
+        } else {
+            check_pod(&h, &ifname, &sandbox, &expected).await?
+        };
+        bandwidth::check_pod(&h, &l, &limits).await
+    })?;
+    if chained {
+        return Ok(());
+    }
 
     if conf.ipam.delegate().is_none() {
         let store = Store::open(&conf.state_dir, &conf.name)?;
@@ -66,7 +84,7 @@ async fn check_pod(
     ifname: &str,
     sandbox: &str,
     prev: &CniResult,
-) -> Result<()> {
+) -> Result<link::Link> {
     let idx = prev
         .interfaces
         .iter()
@@ -120,5 +138,5 @@ async fn check_pod(
             )));
         }
     }
-    Ok(())
+    Ok(l)
 }

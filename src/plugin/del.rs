@@ -17,18 +17,29 @@ pub fn del(env: &Env, conf: &NetConf) -> Result<()> {
     };
     let mut errors: Vec<String> = Vec::new();
 
-    // Deleting the host end takes the pod end with it, wherever the pod netns is.
-    let host_name = names::host_veth(&env.container_id, &env.ifname);
+    // Deleting the host end takes the pod end with it, wherever the pod netns is; the ifb goes by
+    // its own deterministic name. (In chained mode no link has our veth name: the veth is the
+    // earlier plugin's, and it deletes it.)
+    let names_ = [
+        names::host_veth(&env.container_id, &env.ifname),
+        names::ifb(&env.container_id, &env.ifname),
+    ];
     let links = block_on_netlink(|h| async move {
         let mut errs = Vec::new();
-        if let Err(e) = link::delete_by_name(&h, &host_name).await {
-            errs.push(e.to_string());
+        for n in &names_ {
+            if let Err(e) = link::delete_by_name(&h, n).await {
+                errs.push(e.to_string());
+            }
         }
         Ok(errs)
     })?;
     errors.extend(links);
 
+    let chained = record
+        .as_ref()
+        .is_some_and(|r| r.mode == state::Mode::Chained);
     match record.as_ref().and_then(|r| r.ipam_delegate.as_ref()) {
+        _ if chained => {}
         Some(d) => {
             if let Err(e) = run_delegate_del(env, &d.plugin, d.stdin.as_bytes()) {
                 errors.push(e.to_string());

@@ -2,6 +2,8 @@
 //! stdout (if anything); errors travel up to [`crate::cli`], which prints them once.
 
 pub mod add;
+pub mod bandwidth;
+pub mod chained;
 pub mod check;
 pub mod del;
 pub mod gc;

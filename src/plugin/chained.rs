@@ -1,0 +1,94 @@
+//! Chained mode: an earlier plugin (ptp, bridge, …) made the pod's interface; holdfast finds the
+//! host end of its veth and applies the bandwidth limits, then returns `prevResult` plus its ifb.
+
+use super::add::{ifb_interface, undo_links};
+use super::bandwidth::{self, Limits};
+use crate::cni::{CniResult, Env, Error, NetConf, Result, Version};
+use crate::dataplane::link::{self, Link};
+use crate::dataplane::names;
+use crate::dataplane::netns::Netns;
+use crate::state::{self, Mode, Record};
+use rtnetlink::Handle;
+
+/// The host end of the pod's veth: the pod end's peer index names it; `prevResult`'s host
+/// interfaces are tried first (cheap, by name), then the index itself.
+pub async fn host_end(h: &Handle, prev: &CniResult, pod: &Link) -> Result<Link> {
+    let peer = pod.peer_index.ok_or_else(|| {
+        Error::config(format!(
+            "{} in the pod is not a veth: cannot find its host end",
+            pod.name
+        ))
+    })?;
+    for i in prev
+        .interfaces
+        .iter()
+        .filter(|i| i.sandbox.as_deref().is_none_or(str::is_empty))
+    {
+        if let Some(l) = link::by_name(h, &i.name).await?
+            && l.index == peer
+        {
+            return Ok(l);
+        }
+    }
+    link::by_index(h, peer).await?.ok_or_else(|| {
+        Error::config(format!(
+            "the host end of {} (index {peer}) is not in this netns",
+            pod.name
+        ))
+    })
+}
+
+pub async fn add(
+    h: Handle,
+    env: &Env,
+    conf: &NetConf,
+    netns: Netns,
+    limits: Limits,
+) -> Result<CniResult> {
+    let prev = conf.prev_result.clone().unwrap_or_default();
+    let ifb_name = names::ifb(&env.container_id, &env.ifname);
+    // A retried ADD: our ifb from last time goes first.
+    link::delete_by_name(&h, &ifb_name).await?;
+
+    let ifname = env.ifname.clone();
+    let pod_limits = limits.clone();
+    let pod = netns.run(move |ph| async move {
+        let l = link::by_name(&ph, &ifname).await?.ok_or_else(|| {
+            Error::UnknownContainer(format!(
+                "interface {ifname} from prevResult is not in the pod"
+            ))
+        })?;
+        bandwidth::apply_pod(&ph, &l, &pod_limits).await?;
+        Ok(l)
+    })?;
+
+    let outcome = async {
+        let host = host_end(&h, &prev, &pod).await?;
+        let ifb = bandwidth::apply_host(&h, &host, &limits, &ifb_name).await?;
+        let mut result = prev.clone();
+        if let Some(i) = &ifb {
+            result.interfaces.push(ifb_interface(i));
+        }
+        let record = Record {
+            version: state::RECORD_VERSION,
+            network: conf.name.clone(),
+            container_id: env.container_id.clone(),
+            ifname: env.ifname.clone(),
+            mode: Mode::Chained,
+            netns: Some(netns.path().display().to_string()),
+            host_ifname: Some(host.name.clone()),
+            ifb: ifb.map(|l| l.name),
+            ips: prev.ips.iter().map(|i| i.address.ip()).collect(),
+            ipam_delegate: None,
+            result: result.to_value(Version::V1_1_0),
+            created_unix: state::now_unix(),
+        };
+        state::write(&conf.state_dir, &record)?;
+        Ok(result)
+    }
+    .await;
+    if outcome.is_err() {
+        undo_links(&h, &[&ifb_name]).await;
+    }
+    outcome
+}

@@ -1,0 +1,328 @@
+//! Bandwidth limits through netlink (SPEC §5): parameters read back, real throughput measured
+//! with iperf3 between the node netns and the pod, CHECK drift, DEL cleanup.
+
+mod common;
+use common::*;
+use holdfast::dataplane::link;
+use holdfast::dataplane::netns::Netns;
+use holdfast::dataplane::tc::{self, Tbf};
+use serde_json::{Value, json};
+use std::process::{Command, Stdio};
+
+fn with_limits(mut conf: Value, bw: Value, shaping: &str) -> Value {
+    conf["runtimeConfig"] = json!({"bandwidth": bw});
+    conf["egressShaping"] = json!(shaping);
+    conf
+}
+
+/// (root tbf, redirect target) of a link in the node netns, read through netlink.
+fn host_tc(w: &World, name: &str) -> (Option<Tbf>, Option<u32>, Option<u32>) {
+    let ns = Netns::open(std::path::Path::new(&format!("/var/run/netns/{}", w.node))).unwrap();
+    let name = name.to_string();
+    ns.run(move |h| async move {
+        let Some(l) = link::by_name(&h, &name).await? else {
+            return Ok((None, None, None));
+        };
+        Ok((
+            tc::root_tbf(&h, l.index).await?,
+            tc::ingress_redirect_target(&h, l.index).await?,
+            Some(l.index),
+        ))
+    })
+    .unwrap()
+}
+
+#[test]
+fn parameters_read_back_as_asked() {
+    let Some(mut w) = World::new("parameters_read_back_as_asked") else {
+        return;
+    };
+    let base = w.conf("1.0.0", ipam_v4("10.40.0.0/24"));
+    for (i, (rate, burst)) in [
+        (1_000_000u64, 16_000u64),
+        (10_000_000, 100_000),
+        (100_000_000, 1_000_000),
+        (5_000_000_000, 40_000_000),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let pod = w.pod();
+        let bw = json!({"ingressRate": rate, "ingressBurst": burst, "egressRate": rate / 2, "egressBurst": burst});
+        let conf = with_limits(base.clone(), bw, "ifb");
+        let r = w
+            .cni("ADD", &format!("c{i}"), &pod, "eth0", &conf)
+            .ok()
+            .json();
+        let host = r["interfaces"][0]["name"].as_str().unwrap();
+        let ifb = r["interfaces"][2]["name"].as_str().unwrap();
+        assert!(ifb.starts_with("hfi"), "the result lists the ifb: {r}");
+        assert!(r["interfaces"][2].get("sandbox").is_none());
+        let (tbf, redirect, _) = host_tc(&w, host);
+        assert_eq!(
+            tbf,
+            Some(Tbf::new(rate, burst, "ingress").unwrap()),
+            "ingress tbf at {rate}"
+        );
+        let (ifb_tbf, _, ifb_index) = host_tc(&w, ifb);
+        assert_eq!(
+            ifb_tbf,
+            Some(Tbf::new(rate / 2, burst, "egress").unwrap()),
+            "egress tbf at {rate}"
+        );
+        assert_eq!(redirect, ifb_index, "host ingress redirected to the ifb");
+        w.cni(
+            "CHECK",
+            &format!("c{i}"),
+            &pod,
+            "eth0",
+            &with_prev(&conf, &r),
+        )
+        .ok();
+        w.cni("DEL", &format!("c{i}"), &pod, "eth0", &conf).ok();
+    }
+    w.assert_clean();
+}
+
+/// Mbit/s from `from` (a netns name) to `server` for 5 s; `reverse` measures server → from.
+fn iperf(w: &World, from: &str, server: &str, reverse: bool) -> f64 {
+    let mut args = vec![
+        "netns",
+        "exec",
+        from,
+        "iperf3",
+        "-c",
+        server,
+        "-t",
+        "5",
+        "-J",
+        "--connect-timeout",
+        "3000",
+    ];
+    if reverse {
+        args.push("-R");
+    }
+    let _ = w;
+    // iperf3's server runs one test at a time and resets a client that arrives while it is still
+    // closing the previous one: a few bounded retries.
+    let mut last = Value::Null;
+    for _ in 0..5 {
+        let out = Command::new("ip").args(&args).output().unwrap();
+        last = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("iperf3: {e}: {}", String::from_utf8_lossy(&out.stdout)));
+        if let Some(bps) = last["end"]["sum_received"]["bits_per_second"].as_f64() {
+            return bps / 1e6;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    panic!("iperf3 failed 5 times: {last}")
+}
+
+struct Server(std::process::Child);
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn iperf3_throughput_is_within_ten_percent() {
+    let Some(mut w) = World::new("iperf3_throughput_is_within_ten_percent") else {
+        return;
+    };
+    let base = w.conf("1.0.0", ipam_v4("10.41.0.0/24"));
+    let node = w.node.clone();
+    let _srv = Server(
+        Command::new("ip")
+            .args(["netns", "exec", &node, "iperf3", "-s", "-p", "5201"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300)); // let the server bind
+    let mut report = Vec::new();
+    let cases = [
+        ("ifb", 10_000_000u64, 100_000u64),
+        ("ifb", 100_000_000, 1_000_000),
+        ("pod", 10_000_000, 100_000),
+        ("pod", 100_000_000, 1_000_000),
+        // containerd's "unspecified" burst: the limit must still hold.
+        ("ifb", 10_000_000, 4_294_967_295),
+    ];
+    for (i, (shaping, rate, burst)) in cases.into_iter().enumerate() {
+        let pod = w.pod();
+        let podns = pod.rsplit('/').next().unwrap().to_string();
+        let bw = json!({"IngressRate": rate, "IngressBurst": burst, "EgressRate": rate, "EgressBurst": burst});
+        let conf = with_limits(base.clone(), bw, shaping);
+        w.cni("ADD", &format!("c{i}"), &pod, "eth0", &conf).ok();
+        let want = rate as f64 / 1e6;
+        let egress = iperf(&w, &podns, "10.41.0.1", false);
+        let ingress = iperf(&w, &podns, "10.41.0.1", true);
+        report.push(format!(
+            "{shaping} {want} Mbit/s burst {burst}: egress {egress:.2}, ingress {ingress:.2}"
+        ));
+        for (dir, got) in [("egress", egress), ("ingress", ingress)] {
+            assert!(
+                (got - want).abs() <= want * 0.10,
+                "{shaping} {dir} at {want} Mbit/s (burst {burst}) measured {got:.2} Mbit/s\n{}",
+                report.join("\n")
+            );
+        }
+        w.cni("DEL", &format!("c{i}"), &pod, "eth0", &conf).ok();
+    }
+    eprintln!("iperf3 through holdfast limits:\n{}", report.join("\n"));
+    w.assert_clean();
+}
+
+#[test]
+fn check_names_deleted_qdiscs_and_ifb() {
+    let Some(mut w) = World::new("check_names_deleted_qdiscs_and_ifb") else {
+        return;
+    };
+    let bw = json!({"ingressRate": 8_000_000, "ingressBurst": 80_000, "egressRate": 8_000_000, "egressBurst": 80_000});
+    let conf = with_limits(w.conf("1.0.0", ipam_v4("10.42.0.0/24")), bw, "ifb");
+    let pod = w.pod();
+    let r = w.cni("ADD", "c", &pod, "eth0", &conf).ok().json();
+    let with = with_prev(&conf, &r);
+    let host = r["interfaces"][0]["name"].as_str().unwrap().to_string();
+    let ifb = r["interfaces"][2]["name"].as_str().unwrap().to_string();
+    let tc = |args: &[&str]| {
+        let ok = w.in_node(&[&["tc"][..], args].concat()).status.success();
+        assert!(ok, "tc {args:?}");
+    };
+    w.cni("CHECK", "c", &pod, "eth0", &with).ok();
+    tc(&["qdisc", "del", "dev", &host, "ingress"]);
+    w.cni("CHECK", "c", &pod, "eth0", &with).err(
+        101,
+        &format!("ingress of {host} is not redirected to {ifb}"),
+    );
+    tc(&["qdisc", "del", "dev", &host, "root"]);
+    w.cni("CHECK", "c", &pod, "eth0", &with)
+        .err(101, &format!("host interface {host} has no tbf"));
+    // Someone changes the rate.
+    tc(&[
+        "qdisc", "add", "dev", &host, "root", "handle", "1:", "tbf", "rate", "1mbit", "burst",
+        "10kb", "latency", "25ms",
+    ]);
+    w.cni("CHECK", "c", &pod, "eth0", &with)
+        .err(101, "has tbf rate 125000 B/s");
+    ip(&["-n", &w.node, "link", "del", &ifb]);
+    // A different config is checked against what it says, not against the record.
+    let mut lower = conf.clone();
+    lower["runtimeConfig"] =
+        json!({"bandwidth": {"ingressRate": 1_000_000, "ingressBurst": 80_000}});
+    w.cni("CHECK", "c", &pod, "eth0", &with_prev(&lower, &r))
+        .err(101, "has tbf rate 125000 B/s");
+    w.cni("CHECK", "c", &pod, "eth0", &with)
+        .err(101, "host interface");
+    let podns = pod.rsplit('/').next().unwrap().to_string();
+    let _ = podns;
+    w.cni("DEL", "c", &pod, "eth0", &with).ok();
+    w.assert_clean();
+
+    // egressShaping pod: the tbf sits in the pod.
+    let bw = json!({"egressRate": 8_000_000, "egressBurst": 80_000});
+    let conf = with_limits(w.conf("1.0.0", ipam_v4("10.42.0.0/24")), bw, "pod");
+    let pod = w.pod();
+    let r = w.cni("ADD", "p", &pod, "eth0", &conf).ok().json();
+    assert_eq!(
+        r["interfaces"].as_array().unwrap().len(),
+        2,
+        "no ifb with pod shaping"
+    );
+    let with = with_prev(&conf, &r);
+    w.cni("CHECK", "p", &pod, "eth0", &with).ok();
+    let podns = pod.rsplit('/').next().unwrap().to_string();
+    assert!(
+        Command::new("tc")
+            .args(["-n", &podns, "qdisc", "del", "dev", "eth0", "root"])
+            .status()
+            .unwrap()
+            .success()
+    );
+    w.cni("CHECK", "p", &pod, "eth0", &with)
+        .err(101, "pod interface eth0 has no tbf");
+    w.cni("DEL", "p", &pod, "eth0", &with).ok();
+    w.assert_clean();
+}
+
+#[test]
+fn del_without_netns_or_prev_result_removes_the_ifb_and_failed_add_too() {
+    let Some(mut w) = World::new("del_without_netns_removes_the_ifb") else {
+        return;
+    };
+    let bw = json!({"egressRate": 8_000_000, "egressBurst": 80_000});
+    let conf = with_limits(w.conf("1.0.0", ipam_v4("10.43.0.0/24")), bw, "ifb");
+    let pod = w.pod();
+    w.cni("ADD", "c", &pod, "eth0", &conf).ok();
+    assert_eq!(w.node_links().len(), 2, "veth and ifb");
+    w.delete_pod(&pod);
+    w.cni_env(
+        "DEL",
+        &conf,
+        &[
+            ("CNI_CONTAINERID", "c"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_NETNS", ""),
+        ],
+    )
+    .ok();
+    w.assert_clean();
+
+    // The record cannot be written: ADD fails after veth, ifb and qdiscs exist, and removes them.
+    let pod = w.pod();
+    std::fs::remove_dir_all(w.state_dir.join("attachments/testnet")).unwrap();
+    std::fs::write(w.state_dir.join("attachments/testnet"), "not a directory").unwrap();
+    w.cni("ADD", "d", &pod, "eth0", &conf)
+        .err(5, "attachments/testnet");
+    std::fs::remove_file(w.state_dir.join("attachments/testnet")).unwrap();
+    w.assert_clean();
+}
+
+#[test]
+fn invalid_limits_are_code_7_naming_the_key() {
+    // Fails before anything is touched: no privileges needed.
+    let env = [
+        ("CNI_COMMAND", "ADD"),
+        ("CNI_CONTAINERID", "c"),
+        ("CNI_NETNS", "/var/run/netns/none"),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_PATH", "/usr/lib/cni"),
+    ];
+    let conf = |extra: &str| {
+        format!(
+            r#"{{"cniVersion":"1.0.0","name":"n","type":"holdfast","ipam":{{"ranges":[[{{"subnet":"10.1.0.0/24"}}]]}}{extra}}}"#
+        )
+    };
+    for (extra, needle) in [
+        (
+            r#","ingressRate":1000000"#,
+            "ingressRate is set without ingressBurst",
+        ),
+        (
+            r#","egressBurst":1000000"#,
+            "egressBurst is set without egressRate",
+        ),
+        (
+            r#","runtimeConfig":{"bandwidth":{"EgressRate":-1,"EgressBurst":5}}"#,
+            "egressRate",
+        ),
+        (
+            r#","runtimeConfig":{"bandwidth":{"ingressRate":"fast","ingressBurst":5}}"#,
+            "ingressRate",
+        ),
+        (
+            r#","ingressRate":1000000000000,"ingressBurst":1000"#,
+            "ingressRate 1000000000000 is out of range",
+        ),
+        (
+            r#","ingressRate":8000,"ingressBurst":4000000000"#,
+            "ingressBurst 4000000000 is too large",
+        ),
+        (r#","egressShaping":"tc""#, "egressShaping"),
+    ] {
+        run_plain(&env, &conf(extra)).err(7, needle);
+    }
+}
