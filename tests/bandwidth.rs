@@ -3,9 +3,7 @@
 
 mod common;
 use common::*;
-use holdfast::dataplane::link;
-use holdfast::dataplane::netns::Netns;
-use holdfast::dataplane::tc::{self, Tbf};
+use holdfast::dataplane::tc::Tbf;
 use serde_json::{Value, json};
 use std::process::{Command, Stdio};
 
@@ -13,23 +11,6 @@ fn with_limits(mut conf: Value, bw: Value, shaping: &str) -> Value {
     conf["runtimeConfig"] = json!({"bandwidth": bw});
     conf["egressShaping"] = json!(shaping);
     conf
-}
-
-/// (root tbf, redirect target) of a link in the node netns, read through netlink.
-fn host_tc(w: &World, name: &str) -> (Option<Tbf>, Option<u32>, Option<u32>) {
-    let ns = Netns::open(std::path::Path::new(&format!("/var/run/netns/{}", w.node))).unwrap();
-    let name = name.to_string();
-    ns.run(move |h| async move {
-        let Some(l) = link::by_name(&h, &name).await? else {
-            return Ok((None, None, None));
-        };
-        Ok((
-            tc::root_tbf(&h, l.index).await?,
-            tc::ingress_redirect_target(&h, l.index).await?,
-            Some(l.index),
-        ))
-    })
-    .unwrap()
 }
 
 #[test]
@@ -58,13 +39,13 @@ fn parameters_read_back_as_asked() {
         let ifb = r["interfaces"][2]["name"].as_str().unwrap();
         assert!(ifb.starts_with("hfi"), "the result lists the ifb: {r}");
         assert!(r["interfaces"][2].get("sandbox").is_none());
-        let (tbf, redirect, _) = host_tc(&w, host);
+        let (tbf, redirect, _) = w.host_tc(host);
         assert_eq!(
             tbf,
             Some(Tbf::new(rate, burst, "ingress").unwrap()),
             "ingress tbf at {rate}"
         );
-        let (ifb_tbf, _, ifb_index) = host_tc(&w, ifb);
+        let (ifb_tbf, _, ifb_index) = w.host_tc(ifb);
         assert_eq!(
             ifb_tbf,
             Some(Tbf::new(rate / 2, burst, "egress").unwrap()),

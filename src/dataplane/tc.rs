@@ -176,6 +176,34 @@ fn kind(m: &TcMessage) -> Option<&str> {
     })
 }
 
+/// Removes the root and ingress qdiscs of link `index` (back to the kernel's default); missing
+/// ones are fine.
+pub async fn clear(h: &Handle, index: u32, ifname: &str) -> Result<()> {
+    for m in qdiscs(h, index).await? {
+        if m.header.parent != TcHandle::ROOT && m.header.parent != TcHandle::INGRESS {
+            continue;
+        }
+        let mut del = TcMessage::with_index(index as i32);
+        del.header.parent = m.header.parent;
+        del.header.handle = m.header.handle;
+        let mut req = NetlinkMessage::from(RouteNetlinkMessage::DelQueueDiscipline(del));
+        req.header.flags = NLM_F_REQUEST | NLM_F_ACK;
+        let mut resp = h
+            .clone()
+            .request(req)
+            .map_err(|e| Error::netlink("removing qdisc", &e))?;
+        while let Some(m) = resp.next().await {
+            if let NetlinkPayload::Error(e) = m.payload {
+                let e = rtnetlink::Error::NetlinkError(e);
+                if !matches!(netlink_errno(&e), Some(libc::ENOENT) | Some(libc::EINVAL)) {
+                    return Err(Error::netlink(format!("removing a qdisc of {ifname}"), &e));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The root tbf of link `index`, if it has one.
 pub async fn root_tbf(h: &Handle, index: u32) -> Result<Option<Tbf>> {
     for m in qdiscs(h, index).await? {

@@ -5,8 +5,8 @@ use super::add::{ifb_interface, undo_links};
 use super::bandwidth::{self, Limits};
 use crate::cni::{CniResult, Env, Error, NetConf, Result, Version};
 use crate::dataplane::link::{self, Link};
-use crate::dataplane::names;
 use crate::dataplane::netns::Netns;
+use crate::dataplane::{names, tc};
 use crate::state::{self, Mode, Record};
 use rtnetlink::Handle;
 
@@ -62,8 +62,10 @@ pub async fn add(
         Ok(l)
     })?;
 
+    let mut shaped: Option<Link> = None;
     let outcome = async {
         let host = host_end(&h, &prev, &pod).await?;
+        shaped = Some(host.clone());
         let ifb = bandwidth::apply_host(&h, &host, &limits, &ifb_name).await?;
         let mut result = prev.clone();
         if let Some(i) = &ifb {
@@ -88,7 +90,21 @@ pub async fn add(
     }
     .await;
     if outcome.is_err() {
+        // The veth is the earlier plugin's: put its qdiscs back the way we found them.
         undo_links(&h, &[&ifb_name]).await;
+        if let Some(host) = &shaped
+            && let Err(e) = tc::clear(&h, host.index, &host.name).await
+        {
+            tracing::warn!("undoing ADD: {e}");
+        }
+        if limits.pod_egress().is_some() {
+            let ifname = env.ifname.clone();
+            let index = pod.index;
+            if let Err(e) = netns.run(move |ph| async move { tc::clear(&ph, index, &ifname).await })
+            {
+                tracing::warn!("undoing ADD: {e}");
+            }
+        }
     }
     outcome
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fakeapi;
+pub mod libcni;
 
 use serde_json::{Value, json};
 use std::io::Write;
@@ -150,8 +151,13 @@ impl World {
     }
 
     pub fn cni_env(&self, command: &str, conf: &Value, env: &[(&str, &str)]) -> Run {
+        self.exec(BIN, command, conf, env)
+    }
+
+    /// Runs any plugin binary in the node netns, as a runtime would.
+    pub fn exec(&self, bin: &str, command: &str, conf: &Value, env: &[(&str, &str)]) -> Run {
         let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.node, BIN])
+        c.args(["netns", "exec", &self.node, bin])
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("CNI_COMMAND", command)
@@ -202,6 +208,7 @@ impl World {
     pub fn leases(&self) -> Vec<String> {
         files(&self.state_dir.join("ipam/testnet"))
             .into_iter()
+            .chain(files(&self.state_dir.join("host-local/testnet")))
             .filter(|f| f.parse::<std::net::IpAddr>().is_ok())
             .collect()
     }
@@ -244,6 +251,35 @@ impl World {
             })
             .filter(|a| !a.starts_with("fe80"))
             .collect()
+    }
+
+    /// (root tbf, ingress redirect target, index) of a node link, read through netlink.
+    pub fn host_tc(
+        &self,
+        name: &str,
+    ) -> (
+        Option<holdfast::dataplane::tc::Tbf>,
+        Option<u32>,
+        Option<u32>,
+    ) {
+        use holdfast::dataplane::{link, tc};
+        let ns = holdfast::dataplane::netns::Netns::open(Path::new(&format!(
+            "/var/run/netns/{}",
+            self.node
+        )))
+        .unwrap();
+        let name = name.to_string();
+        ns.run(move |h| async move {
+            let Some(l) = link::by_name(&h, &name).await? else {
+                return Ok((None, None, None));
+            };
+            Ok((
+                tc::root_tbf(&h, l.index).await?,
+                tc::ingress_redirect_target(&h, l.index).await?,
+                Some(l.index),
+            ))
+        })
+        .unwrap()
     }
 
     pub fn delete_pod(&mut self, netns: &str) {
