@@ -1,14 +1,15 @@
-//! Network namespaces: opening them safely and running netlink work inside one.
+//! Network namespaces: opening them safely and talking netlink inside one.
 //!
-//! The main thread never leaves the plugin's own netns. Work in a pod's netns runs on a
-//! dedicated thread that `setns`es first and only then opens its netlink socket, so the socket
-//! belongs to the target namespace for its whole life.
+//! The plugin's threads never leave their own netns. A socket for a pod's netns is created on a
+//! short-lived thread that `setns`es first; the socket stays in that namespace for its whole life
+//! and is driven from the caller's runtime, so pod-side and host-side work run concurrently
+//! without a second runtime.
 
 use crate::cni::{Error, Result};
 use rtnetlink::Handle;
 use std::fs::File;
 use std::future::Future;
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -72,53 +73,48 @@ impl Netns {
         Ok(own.dev() == this.dev() && own.ino() == this.ino())
     }
 
-    /// Runs `f` with a netlink handle inside this namespace, on its own thread.
-    pub fn spawn<T, F, Fut>(&self, f: F) -> Result<NetnsTask<T>>
-    where
-        T: Send + 'static,
-        F: FnOnce(Handle) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<T>>,
-    {
+    /// A netlink handle whose socket lives in this namespace, driven by the caller's runtime.
+    ///
+    /// Only the socket is made on a short-lived thread that `setns`es first: a netlink socket
+    /// belongs to the namespace it was created in for its whole life, so all the work then runs
+    /// on the caller's runtime, concurrently with work in the plugin's own namespace, and the
+    /// caller's thread never leaves its namespace.
+    pub fn connect(&self) -> Result<Handle> {
         let file = self
             .file
             .try_clone()
             .map_err(|e| Error::io(format!("dup {}", self.path.display()), e))?;
         let path = self.path.clone();
-        let join = std::thread::Builder::new()
-            .name("netns".into())
-            .spawn(move || -> Result<T> {
+        let socket = std::thread::Builder::new()
+            .name("netns-socket".into())
+            .spawn(move || -> Result<rtnetlink::sys::Socket> {
                 nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
                     .map_err(|e| Error::Internal(format!("setns into {}: {e}", path.display())))?;
-                block_on_netlink(f)
+                rtnetlink::sys::Socket::new(rtnetlink::sys::protocols::NETLINK_ROUTE)
+                    .map_err(|e| Error::io("opening a netlink socket in the pod netns", e))
             })
-            .map_err(|e| Error::Internal(format!("spawning netns thread: {e}")))?;
-        Ok(NetnsTask(join))
+            .map_err(|e| Error::Internal(format!("spawning netns thread: {e}")))?
+            .join()
+            .map_err(|_| Error::Internal("netns socket thread panicked".into()))??;
+        // SAFETY: the fd was just created by the thread above and ownership moves here whole.
+        let socket = unsafe { rtnetlink::sys::TokioSocket::from_raw_fd(socket.into_raw_fd()) };
+        let (conn, handle, _) = rtnetlink::from_socket(socket);
+        tokio::spawn(conn);
+        Ok(handle)
     }
 
-    /// [`Netns::spawn`] and wait.
+    /// Runs `f` with a handle in this namespace on a current-thread runtime of the caller.
     pub fn run<T, F, Fut>(&self, f: F) -> Result<T>
     where
-        T: Send + 'static,
-        F: FnOnce(Handle) -> Fut + Send + 'static,
+        F: FnOnce(Handle) -> Fut,
         Fut: Future<Output = Result<T>>,
     {
-        self.spawn(f)?.join()
-    }
-}
-
-/// Work running in another namespace.
-pub struct NetnsTask<T>(std::thread::JoinHandle<Result<T>>);
-
-impl<T> NetnsTask<T> {
-    pub fn join(self) -> Result<T> {
-        self.0.join().map_err(|p| {
-            let msg = p
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| p.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
-            Error::Internal(format!("netns thread panicked: {msg}"))
-        })?
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()
+            .map_err(|e| Error::Internal(format!("tokio runtime: {e}")))?;
+        rt.block_on(async move { f(self.connect()?).await })
     }
 }
 

@@ -179,7 +179,8 @@ async fn wire(
     a: &Assigned,
     limits: &Limits,
 ) -> Result<(CniResult, Option<Link>)> {
-    match link::create_veth(h, host_name, &env.ifname, netns.raw_fd(), conf.mtu).await? {
+    let group = names::group(&env.container_id, &env.ifname);
+    match link::create_veth(h, host_name, &env.ifname, netns.raw_fd(), conf.mtu, group).await? {
         VethCreate::Created => {}
         VethCreate::Exists => {
             return Err(Error::InterfaceExists(format!(
@@ -190,24 +191,19 @@ async fn wire(
         }
     }
 
-    let ifname = env.ifname.clone();
-    let leases = a.leases.clone();
-    let routes = a.routes.clone();
-    let pod_limits = limits.clone();
-    let pod_task = netns.spawn(move |ph| async move {
-        let l = configure_pod(&ph, &ifname, &leases, &routes).await?;
-        bandwidth::apply_pod(&ph, &l, &pod_limits).await?;
-        Ok(l)
-    })?;
-
+    let ph = netns.connect()?;
+    let pod = async {
+        let l = configure_pod(&ph, &env.ifname, &a.leases, &a.routes).await?;
+        bandwidth::apply_pod(&ph, &l, limits).await?;
+        Ok::<_, Error>(l)
+    };
     let host = async {
         let host = configure_host(h, host_name, &a.leases).await?;
-        let ifb = bandwidth::apply_host(h, &host, limits, ifb_name).await?;
+        let ifb = bandwidth::apply_host(h, &host, limits, ifb_name, group).await?;
         Ok::<_, Error>((host, ifb))
-    }
-    .await;
-    let pod = pod_task.join()?;
-    let (host, ifb) = host?;
+    };
+    let (pod, host) = futures::join!(pod, host);
+    let (pod, (host, ifb)) = (pod?, host?);
 
     let mut interfaces = vec![
         Interface {

@@ -50,23 +50,21 @@ pub async fn add(
     // A retried ADD: our ifb from last time goes first.
     link::delete_by_name(&h, &ifb_name).await?;
 
-    let ifname = env.ifname.clone();
-    let pod_limits = limits.clone();
-    let pod = netns.run(move |ph| async move {
-        let l = link::by_name(&ph, &ifname).await?.ok_or_else(|| {
-            Error::UnknownContainer(format!(
-                "interface {ifname} from prevResult is not in the pod"
-            ))
-        })?;
-        bandwidth::apply_pod(&ph, &l, &pod_limits).await?;
-        Ok(l)
+    let ph = netns.connect()?;
+    let ifname = &env.ifname;
+    let pod = link::by_name(&ph, ifname).await?.ok_or_else(|| {
+        Error::UnknownContainer(format!(
+            "interface {ifname} from prevResult is not in the pod"
+        ))
     })?;
+    bandwidth::apply_pod(&ph, &pod, &limits).await?;
 
     let mut shaped: Option<Link> = None;
     let outcome = async {
         let host = host_end(&h, &prev, &pod).await?;
         shaped = Some(host.clone());
-        let ifb = bandwidth::apply_host(&h, &host, &limits, &ifb_name).await?;
+        let group = names::group(&env.container_id, &env.ifname);
+        let ifb = bandwidth::apply_host(&h, &host, &limits, &ifb_name, group).await?;
         let mut result = prev.clone();
         if let Some(i) = &ifb {
             result.interfaces.push(ifb_interface(i));
@@ -97,13 +95,10 @@ pub async fn add(
         {
             tracing::warn!("undoing ADD: {e}");
         }
-        if limits.pod_egress().is_some() {
-            let ifname = env.ifname.clone();
-            let index = pod.index;
-            if let Err(e) = netns.run(move |ph| async move { tc::clear(&ph, index, &ifname).await })
-            {
-                tracing::warn!("undoing ADD: {e}");
-            }
+        if limits.pod_egress().is_some()
+            && let Err(e) = tc::clear(&ph, pod.index, &pod.name).await
+        {
+            tracing::warn!("undoing ADD: {e}");
         }
     }
     outcome
