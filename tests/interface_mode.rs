@@ -330,3 +330,37 @@ fn check_names_what_drifted() {
         .err(101, "no attachment record");
     w.assert_clean();
 }
+
+#[test]
+fn del_by_link_group_never_takes_a_foreign_link_in_the_group() {
+    let Some(mut w) = World::new("del_by_link_group_never_takes_a_foreign_link") else {
+        return;
+    };
+    let mut conf = w.conf("1.0.0", ipam_v4("10.18.0.0/24"));
+    conf["egressRate"] = json!(8_000_000);
+    conf["egressBurst"] = json!(80_000);
+    let pod = w.pod();
+    let r = w.cni("ADD", "g", &pod, "eth0", &conf).ok().json();
+    let group = holdfast::dataplane::names::group("g", "eth0").to_string();
+    for dev in [
+        r["interfaces"][0]["name"].as_str().unwrap(),
+        r["interfaces"][2]["name"].as_str().unwrap(),
+    ] {
+        let d = ip(&["-n", &w.node, "-d", "link", "show", dev]);
+        assert!(
+            d.contains(&format!("group {group}")),
+            "{dev} not in the attachment's group: {d}"
+        );
+    }
+    // Someone else's link in the same group (as after a hash collision).
+    ip(&["-n", &w.node, "link", "add", "foreign0", "type", "ifb"]);
+    ip(&["-n", &w.node, "link", "set", "foreign0", "group", &group]);
+    w.cni("DEL", "g", &pod, "eth0", &conf).ok();
+    assert_eq!(
+        w.node_links(),
+        vec!["foreign0".to_string()],
+        "only the foreign link may remain"
+    );
+    ip(&["-n", &w.node, "link", "del", "foreign0"]);
+    w.assert_clean();
+}

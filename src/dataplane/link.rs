@@ -20,6 +20,7 @@ pub struct Link {
     pub peer_index: Option<u32>,
     pub kind: Option<String>,
     pub up: bool,
+    pub group: u32,
 }
 
 impl Link {
@@ -35,6 +36,7 @@ impl Link {
                 LinkAttribute::Address(a) => l.mac = Some(format_mac(a)),
                 LinkAttribute::Mtu(m) => l.mtu = Some(*m),
                 LinkAttribute::Link(p) => l.peer_index = Some(*p),
+                LinkAttribute::Group(g) => l.group = *g,
                 LinkAttribute::LinkInfo(infos) => {
                     for i in infos {
                         if let NlLinkInfo::Kind(k) = i {
@@ -107,6 +109,37 @@ pub async fn delete_by_name(h: &Handle, name: &str) -> Result<bool> {
     }
 }
 
+/// Deletes the links of `group` in one kernel batch when exactly the `expected` names carry it;
+/// otherwise (another link shares the group: a hash collision, or someone else's) deletes the
+/// expected names one by one. Either way only `expected` links go.
+pub async fn delete_group(h: &Handle, group: u32, expected: &[&str]) -> Result<()> {
+    let members: Vec<Link> = all(h)
+        .await?
+        .into_iter()
+        .filter(|l| l.group == group)
+        .collect();
+    let ours = !members.is_empty() && members.iter().all(|l| expected.contains(&l.name.as_str()));
+    if ours {
+        let mut msg = LinkMessageBuilder::<LinkUnspec>::default().build();
+        msg.attributes.push(LinkAttribute::Group(group));
+        match h.link().del_with_message(msg).execute().await {
+            Ok(()) => {}
+            Err(e) if is_missing(&e) => {}
+            Err(e) => {
+                return Err(Error::netlink(
+                    format!("deleting link group {group:#x}"),
+                    &e,
+                ));
+            }
+        }
+    }
+    // Links made without a group (or left by the fallback) go by name.
+    for name in expected {
+        delete_by_name(h, name).await?;
+    }
+    Ok(())
+}
+
 /// Outcome of creating a veth pair.
 pub enum VethCreate {
     Created,
@@ -123,6 +156,7 @@ pub async fn create_veth(
     peer: &str,
     peer_ns: RawFd,
     mtu: Option<u32>,
+    group: u32,
 ) -> Result<VethCreate> {
     let mut peer_msg = LinkMessageBuilder::<LinkUnspec>::default()
         .name(peer.to_string())
@@ -133,6 +167,7 @@ pub async fn create_veth(
         msg = msg.mtu(mtu);
     }
     let mut msg = msg.build();
+    msg.attributes.push(LinkAttribute::Group(group));
     msg.attributes.push(LinkAttribute::LinkInfo(vec![
         NlLinkInfo::Kind(InfoKind::Veth),
         NlLinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer_msg.build()))),

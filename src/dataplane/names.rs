@@ -20,6 +20,14 @@ pub fn ifb(container_id: &str, ifname: &str) -> String {
     format!("hfi{}", &digest_hex(container_id, ifname)[..11])
 }
 
+/// The link group of the attachment's host devices (veth and ifb), so DEL can remove them in one
+/// kernel batch: one RCU grace period instead of one per device. The top bit keeps it clear of
+/// the small group numbers operators assign by hand; it is never 0 (the default group).
+pub fn group(container_id: &str, ifname: &str) -> u32 {
+    let hex = digest_hex(container_id, ifname);
+    u32::from_str_radix(&hex[..8], 16).unwrap_or(0) | 0x8000_0000
+}
+
 /// True for names this plugin creates on the host.
 pub fn is_ours(name: &str) -> bool {
     let hex = |s: &str| {
@@ -48,5 +56,9 @@ mod tests {
         assert!(!is_ours("hfxyz"));
         // Not ambiguous when the first hex digit is the letter of a longer name.
         assert!(!is_ours("hf0123456789abc"));
+        let g = group("abc", "eth0");
+        assert_eq!(g, group("abc", "eth0"));
+        assert_ne!(g, group("abc", "eth1"));
+        assert!(g & 0x8000_0000 != 0);
     }
 }

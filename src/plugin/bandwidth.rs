@@ -145,6 +145,7 @@ pub async fn apply_host(
     host: &Link,
     limits: &Limits,
     ifb_name: &str,
+    group: u32,
 ) -> Result<Option<Link>> {
     if let Some(t) = &limits.ingress {
         tc::set_root_tbf(h, host.index, &host.name, t).await?;
@@ -152,7 +153,10 @@ pub async fn apply_host(
     let Some(egress) = limits.ifb_egress() else {
         return Ok(None);
     };
-    let mut b = LinkIfb::new(ifb_name).up();
+    // In the attachment's link group, so DEL removes it and the veth in one kernel batch.
+    let mut b = LinkIfb::new(ifb_name)
+        .up()
+        .append_extra_attribute(netlink_packet_route::link::LinkAttribute::Group(group));
     if let Some(mtu) = host.mtu {
         b = b.mtu(mtu);
     }

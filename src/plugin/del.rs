@@ -17,21 +17,18 @@ pub fn del(env: &Env, conf: &NetConf) -> Result<()> {
     };
     let mut errors: Vec<String> = Vec::new();
 
-    // Deleting the host end takes the pod end with it, wherever the pod netns is; the ifb goes by
-    // its own deterministic name. (In chained mode no link has our veth name: the veth is the
-    // earlier plugin's, and it deletes it.)
-    let names_ = [
-        names::host_veth(&env.container_id, &env.ifname),
-        names::ifb(&env.container_id, &env.ifname),
-    ];
+    // Deleting the host end takes the pod end with it, wherever the pod netns is. The veth and
+    // the ifb share a link group and go in one kernel batch (one RCU grace period, which is most
+    // of DEL's time). In chained mode no link has our veth name: the veth is the earlier
+    // plugin's, and it deletes it.
+    let host = names::host_veth(&env.container_id, &env.ifname);
+    let ifb = names::ifb(&env.container_id, &env.ifname);
+    let group = names::group(&env.container_id, &env.ifname);
     let links = block_on_netlink(|h| async move {
-        let mut errs = Vec::new();
-        for n in &names_ {
-            if let Err(e) = link::delete_by_name(&h, n).await {
-                errs.push(e.to_string());
-            }
-        }
-        Ok(errs)
+        Ok(match link::delete_group(&h, group, &[&host, &ifb]).await {
+            Ok(()) => Vec::new(),
+            Err(e) => vec![e.to_string()],
+        })
     })?;
     errors.extend(links);
 
