@@ -588,3 +588,131 @@ fn delegated_ipam_gets_the_pod_cidr_and_del_needs_no_api() {
     );
     e.w.assert_clean();
 }
+
+fn doctor(e: &Env, conf: &Value) -> (i32, Value, String) {
+    let path = e.w.state_dir.join("kube/doctor.conflist");
+    let mut plugin = conf.clone();
+    plugin.as_object_mut().unwrap().remove("name");
+    plugin.as_object_mut().unwrap().remove("cniVersion");
+    std::fs::write(
+        &path,
+        json!({"cniVersion": "1.1.0", "name": "testnet", "plugins": [plugin]}).to_string(),
+    )
+    .unwrap();
+    let p = path.to_str().unwrap();
+    let j = e.w.in_node(&[BIN, "doctor", "--conf", p, "--json"]);
+    let human = e.w.in_node(&[BIN, "doctor", "--conf", p]);
+    assert_eq!(j.status.code(), human.status.code());
+    (
+        j.status.code().unwrap_or(-1),
+        serde_json::from_slice(&j.stdout).unwrap_or_else(|err| {
+            panic!(
+                "doctor --json: {err}: {}",
+                String::from_utf8_lossy(&j.stdout)
+            )
+        }),
+        String::from_utf8_lossy(&human.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn doctor_reports_api_paths_cache_usage_and_leftovers() {
+    let Some(mut e) = setup(
+        "doctor_reports_api_paths_cache_usage_and_leftovers",
+        Vip::BlackHole,
+    ) else {
+        return;
+    };
+    let real = FakeApi::start(
+        &e.w.node,
+        format!("{REAL}:443").parse().unwrap(),
+        &e.pki,
+        TOKEN,
+        cluster(&["10.42.8.0/29"], true),
+    );
+    e.seed_cache(1000, &["10.42.9.0/24"], &[&format!("{REAL}:443")], "node-a");
+    let conf = e.conf(json!({}));
+
+    // Healthy apart from the black-holed VIP: the real endpoint answers.
+    let (pod, r) = e.add("c0", &conf);
+    r.ok();
+    let (code, j, human) = doctor(&e, &conf);
+    assert_eq!(code, 1, "the VIP is down: attention");
+    let api = j["api"].as_array().unwrap();
+    assert_eq!(api[0]["server"], format!("{VIP}:443"));
+    assert_eq!(api[0]["via"], "kubeconfig");
+    assert_eq!(api[0]["ok"], false);
+    assert!(
+        api[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("connect timed out"),
+        "{j}"
+    );
+    assert_eq!(api[1]["server"], format!("{REAL}:443"));
+    assert_eq!(api[1]["ok"], true, "{j}");
+    assert_eq!(j["cache"]["usable"], true);
+    assert_eq!(j["cache"]["info"]["podCIDRs"], json!(["10.42.8.0/29"]));
+    assert_eq!(j["ipam"][0]["used"], 1);
+    assert_eq!(j["ipam"][0]["capacity"], 5);
+    assert_eq!(j["attachments"], 1);
+    assert!(human.contains(&"FAILED: connect timed out"), "{human}");
+    assert!(human.contains("1 thing(s) need attention"), "{human}");
+
+    // Leftovers: a pod netns gone without DEL, a stray host link, a lease without record.
+    e.w.delete_pod(&pod);
+    ip(&[
+        "-n",
+        &e.w.node,
+        "link",
+        "add",
+        "hf00000000000",
+        "type",
+        "ifb",
+    ]);
+    std::fs::write(
+        e.w.state_dir.join("ipam/testnet/10.42.8.6"),
+        "crashed\r\neth0",
+    )
+    .unwrap();
+    drop(real);
+    let (code, j, _) = doctor(&e, &conf);
+    assert_eq!(code, 1);
+    assert_eq!(j["attachmentsNetnsGone"][0]["containerID"], "c0");
+    assert_eq!(j["orphanLinks"], json!(["hf00000000000"]));
+    assert_eq!(j["orphanLeases"], json!(["10.42.8.6"]));
+    assert_eq!(j["api"][1]["ok"], false);
+    let attention = j["attention"].as_array().unwrap();
+    assert!(attention.len() >= 5, "{j}");
+    ip(&["-n", &e.w.node, "link", "del", "hf00000000000"]);
+    e.w.cni_env(
+        "DEL",
+        &conf,
+        &[("CNI_CONTAINERID", "c0"), ("CNI_IFNAME", "eth0")],
+    )
+    .ok();
+    std::fs::remove_file(e.w.state_dir.join("ipam/testnet/10.42.8.6")).unwrap();
+    e.w.assert_clean();
+}
+
+#[test]
+fn doctor_is_quiet_when_all_is_well() {
+    let Some(mut e) = setup("doctor_is_quiet_when_all_is_well", Vip::Serve) else {
+        return;
+    };
+    let _real = FakeApi::start(
+        &e.w.node,
+        format!("{REAL}:443").parse().unwrap(),
+        &e.pki,
+        TOKEN,
+        cluster(&["10.42.1.0/24"], true),
+    );
+    let conf = e.conf(json!({}));
+    let (pod, r) = e.add("c0", &conf);
+    r.ok();
+    let (code, j, human) = doctor(&e, &conf);
+    assert_eq!(code, 0, "{j}");
+    assert_eq!(j["attention"], json!([]));
+    assert!(human.contains("all well"), "{human}");
+    e.w.cni("DEL", "c0", &pod, "eth0", &conf).ok();
+}

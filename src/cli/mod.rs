@@ -2,6 +2,7 @@
 //! one result (or error JSON) to stdout and picks the exit code.
 
 mod conffile;
+pub mod doctor;
 mod logging;
 
 use crate::cni::version::{LATEST, SUPPORTED};
@@ -88,6 +89,8 @@ fn about() -> String {
          Run by a container runtime with CNI_COMMAND set (ADD, DEL, CHECK, VERSION, STATUS, GC).\n\
          Without CNI_COMMAND:\n  \
          {NAME} sync [--conf PATH]     refresh the cluster-info cache now\n  \
+         {NAME} doctor [--conf PATH] [--json]\n                               \
+         what needs attention on this node (exit 1 if anything)\n  \
          {NAME} version                print this text\n",
         SUPPORTED.join(", ")
     )
@@ -100,6 +103,7 @@ fn subcommand(args: Vec<String>) -> i32 {
             0
         }
         Some("sync") => sync(&args[1..]),
+        Some("doctor") => doctor_cmd(&args[1..]),
         Some(other) => {
             eprintln!("{NAME}: unknown subcommand {other:?}\n");
             eprint!("{}", about());
@@ -124,6 +128,37 @@ fn conf_arg(
         }
     }
     Ok((conf, flags))
+}
+
+fn doctor_cmd(args: &[String]) -> i32 {
+    let (path, flags) = match conf_arg(args, &["--json"]) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("{NAME} doctor: {e}");
+            return 2;
+        }
+    };
+    let (file, conf) = match conffile::load(path.as_deref()) {
+        Ok((f, c)) => (Some(f), Ok(c)),
+        Err(e) => (path, Err(e.to_string())),
+    };
+    if let Ok(c) = &conf {
+        // Logs stay out of the report: only errors, on stderr.
+        logging::init(None, if c.log_level == "off" { "off" } else { "error" });
+    }
+    let report = doctor::run(file, conf);
+    if flags.iter().any(|f| f == "--json") {
+        match serde_json::to_string_pretty(&report) {
+            Ok(s) => println!("{s}"),
+            Err(e) => {
+                eprintln!("{NAME} doctor: {e}");
+                return 2;
+            }
+        }
+    } else {
+        print!("{}", doctor::render(&report));
+    }
+    if report.attention.is_empty() { 0 } else { 1 }
 }
 
 fn sync(args: &[String]) -> i32 {

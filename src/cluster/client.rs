@@ -147,6 +147,52 @@ pub async fn fetch(
     Err(failures)
 }
 
+/// Asks each server on its own (the kubeconfig's, then every cached real endpoint), each bounded
+/// by `timeoutMs`, for `doctor`: which way to the API works right now.
+pub async fn probe_each(
+    kube: &KubeConf,
+    node: &str,
+    endpoints: &[SocketAddr],
+) -> Vec<(String, Result<(), String>)> {
+    let base = match load_config(kube).await {
+        Ok(c) => c,
+        Err(e) => return vec![(kube.kubeconfig.display().to_string(), Err(e))],
+    };
+    let host = base
+        .cluster_url
+        .host()
+        .unwrap_or("")
+        .trim_matches(['[', ']'])
+        .to_string();
+    let port = base.cluster_url.port_u16().unwrap_or(443);
+    let label = match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => SocketAddr::new(ip, port).to_string(),
+        Err(_) => format!("{host}:{port}"),
+    };
+    let mut targets = vec![(label.clone(), base.clone())];
+    for ep in endpoints.iter().filter(|e| e.to_string() != label) {
+        let mut cfg = base.clone();
+        let Ok(url) = format!("https://{ep}").parse() else {
+            continue;
+        };
+        cfg.cluster_url = url;
+        if cfg.tls_server_name.is_none() {
+            cfg.tls_server_name = Some(host.clone());
+        }
+        targets.push((ep.to_string(), cfg));
+    }
+    let budget = Duration::from_millis(kube.timeout_ms);
+    let probes = targets.into_iter().map(|(label, cfg)| async move {
+        let deadline = Instant::now() + budget;
+        let r = match tokio::time::timeout_at(deadline, attempt(cfg, node, deadline)).await {
+            Ok(r) => r.map(|_| ()),
+            Err(_) => Err(format!("no answer within {} ms", kube.timeout_ms)),
+        };
+        (label, r)
+    });
+    futures::future::join_all(probes).await
+}
+
 async fn load_config(kube: &KubeConf) -> Result<Config, String> {
     let kc = Kubeconfig::read_from(&kube.kubeconfig).map_err(|e| format!("kubeconfig: {e}"))?;
     let mut cfg = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())

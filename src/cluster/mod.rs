@@ -151,6 +151,19 @@ pub fn cached_pod_cidrs(conf: &NetConf) -> Option<Vec<IpNetwork>> {
         .map(|c| c.pod_cidrs)
 }
 
+/// [`client::probe_each`] on a runtime of its own (for `doctor`).
+pub fn probe_blocking(
+    kube: &KubeConf,
+    node: &str,
+    endpoints: &[SocketAddr],
+) -> Result<Vec<(String, std::result::Result<(), String>)>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Internal(format!("tokio runtime: {e}")))?;
+    Ok(rt.block_on(client::probe_each(kube, node, endpoints)))
+}
+
 fn fetch_blocking(
     kube: &KubeConf,
     node: &str,
