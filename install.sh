@@ -50,10 +50,10 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 command -v cargo >/dev/null || die "cargo not found: install Rust 1.85 or later (rustup), then rerun"
 
-say "building (release)"
-cargo build --release --locked --quiet
+say "building (release, static)"
+built=$(scripts/build-release.sh)
 install -d -m 0755 "$BIN_DIR" "$CONF_DIR"
-install -m 0755 target/release/holdfast "$BIN_DIR/holdfast.new"
+install -m 0755 "$built" "$BIN_DIR/holdfast.new"
 mv -f "$BIN_DIR/holdfast.new" "$BIN_DIR/holdfast"
 say "installed $BIN_DIR/holdfast"
 
