@@ -656,7 +656,7 @@ fn doctor_reports_api_paths_cache_usage_and_leftovers() {
     assert_eq!(j["ipam"][0]["used"], 1);
     assert_eq!(j["ipam"][0]["capacity"], 5);
     assert_eq!(j["attachments"], 1);
-    assert!(human.contains(&"FAILED: connect timed out"), "{human}");
+    assert!(human.contains("FAILED: connect timed out"), "{human}");
     assert!(human.contains("1 thing(s) need attention"), "{human}");
 
     // Leftovers: a pod netns gone without DEL, a stray host link, a lease without record.
