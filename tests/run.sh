@@ -27,7 +27,18 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
+log=$(mktemp /tmp/holdfast-test.XXXXXX)
+trap 'rm -f "$log"' EXIT
 echo "== cargo test"
-cargo test --all-targets --locked 2>&1 | tee /tmp/holdfast-test.log
-# cargo test exits non-zero on failure (pipefail); count what ran for the log reader.
-awk '/^test result:/ {p+=$4; f+=$6; i+=$8} END {printf "holdfast tests: %d passed, %d failed, %d ignored\n", p, f, i}' /tmp/holdfast-test.log
+cargo test --all-targets --locked 2>&1 | tee "$log"
+
+echo "== end to end against a real kube-apiserver (tests/apiserver/run.sh)"
+if [ "$(id -u)" -eq 0 ]; then
+  tests/apiserver/run.sh 2>&1 | tee -a "$log"
+elif [ "${HOLDFAST_REQUIRE_PRIVILEGED:-}" = 1 ]; then
+  echo "tests/apiserver/run.sh needs root and HOLDFAST_REQUIRE_PRIVILEGED=1 is set" | tee -a "$log"; exit 1
+else
+  echo "*** SKIPPED tests/apiserver/run.sh: needs root (sudo tests/run.sh) ***"
+fi
+# Every step above exits non-zero on failure (set -e, pipefail); this is the count.
+awk '/^test result:/ {p+=$4; f+=$6} /^apiserver e2e:/ {p+=$3; f+=$5} END {printf "total: %d passed, %d failed\n", p, f}' "$log"

@@ -51,11 +51,12 @@ $NOBODY,nobody,3,
 CSV
 cd - >/dev/null
 
-in_node etcd --data-dir "$WORK/etcd" --listen-client-urls http://127.0.0.1:2379 \
+# Started with `ip netns exec` directly (not through a shell function), so $! is the server.
+ip netns exec "$NODE" etcd --data-dir "$WORK/etcd" --listen-client-urls http://127.0.0.1:2379 \
   --advertise-client-urls http://127.0.0.1:2379 --listen-peer-urls http://127.0.0.1:2380 >"$WORK/etcd.log" 2>&1 &
 PIDS+=($!)
 start_apiserver() {
-  in_node "$APISERVER" --etcd-servers=http://127.0.0.1:2379 --secure-port=443 --bind-address=0.0.0.0 \
+  ip netns exec "$NODE" "$APISERVER" --etcd-servers=http://127.0.0.1:2379 --secure-port=443 --bind-address=0.0.0.0 \
     --advertise-address=10.44.0.5 --insecure-port=0 --tls-cert-file="$WORK/apiserver.crt" \
     --tls-private-key-file="$WORK/apiserver.key" --client-ca-file="$WORK/ca.crt" \
     --token-auth-file="$WORK/tokens.csv" --authorization-mode=RBAC \
