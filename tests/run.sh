@@ -32,13 +32,16 @@ trap 'rm -f "$log"' EXIT
 echo "== cargo test"
 cargo test --all-targets --locked 2>&1 | tee "$log"
 
-echo "== end to end against a real kube-apiserver (tests/apiserver/run.sh)"
-if [ "$(id -u)" -eq 0 ]; then
-  tests/apiserver/run.sh 2>&1 | tee -a "$log"
-elif [ "${HOLDFAST_REQUIRE_PRIVILEGED:-}" = 1 ]; then
-  echo "tests/apiserver/run.sh needs root and HOLDFAST_REQUIRE_PRIVILEGED=1 is set" | tee -a "$log"; exit 1
-else
-  echo "*** SKIPPED tests/apiserver/run.sh: needs root (sudo tests/run.sh) ***"
-fi
+# End to end, as root: a real containerd, and a real kube-apiserver (built once per machine).
+for e2e in tests/containerd/run.sh tests/apiserver/run.sh; do
+  echo "== $e2e"
+  if [ "$(id -u)" -eq 0 ]; then
+    "$e2e" 2>&1 | tee -a "$log"
+  elif [ "${HOLDFAST_REQUIRE_PRIVILEGED:-}" = 1 ]; then
+    echo "$e2e needs root and HOLDFAST_REQUIRE_PRIVILEGED=1 is set"; exit 1
+  else
+    echo "*** SKIPPED $e2e: needs root (sudo tests/run.sh) ***"
+  fi
+done
 # Every step above exits non-zero on failure (set -e, pipefail); this is the count.
-awk '/^test result:/ {p+=$4; f+=$6} /^apiserver e2e:/ {p+=$3; f+=$5} END {printf "total: %d passed, %d failed\n", p, f}' "$log"
+awk '/^test result:/ {p+=$4; f+=$6} / e2e: [0-9]+ passed/ {p+=$(NF-3); f+=$(NF-1)} END {printf "total: %d passed, %d failed\n", p, f}' "$log"
