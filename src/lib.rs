@@ -9,4 +9,5 @@ pub mod cni;
 pub mod dataplane;
 pub mod ipam;
 pub mod plugin;
+pub mod runtime;
 pub mod state;

@@ -341,18 +341,19 @@ fn del_by_link_group_never_takes_a_foreign_link_in_the_group() {
     conf["egressBurst"] = json!(80_000);
     let pod = w.pod();
     let r = w.cni("ADD", "g", &pod, "eth0", &conf).ok().json();
-    let group = holdfast::dataplane::names::group("g", "eth0").to_string();
+    let g = holdfast::dataplane::names::group("g", "eth0");
+    let group = g.to_string();
     for dev in [
         r["interfaces"][0]["name"].as_str().unwrap(),
         r["interfaces"][2]["name"].as_str().unwrap(),
     ] {
         let d = ip(&["-n", &w.node, "-d", "link", "show", dev]);
+        // iproute2 prints the group as a signed 32-bit number.
         assert!(
-            d.contains(&format!("group {group}")),
+            d.contains(&format!("group {} ", g as i32)),
             "{dev} not in the attachment's group: {d}"
         );
-    }
-    // Someone else's link in the same group (as after a hash collision).
+    } // Someone else's link in the same group (as after a hash collision).
     ip(&["-n", &w.node, "link", "add", "foreign0", "type", "ifb"]);
     ip(&["-n", &w.node, "link", "set", "foreign0", "group", &group]);
     w.cni("DEL", "g", &pod, "eth0", &conf).ok();

@@ -57,17 +57,7 @@ pub async fn fetch(
             error: e,
         }]
     })?;
-    let primary_host = base
-        .cluster_url
-        .host()
-        .unwrap_or("")
-        .trim_matches(['[', ']'])
-        .to_string();
-    let primary_port = base.cluster_url.port_u16().unwrap_or(443);
-    let primary_label = match primary_host.parse::<std::net::IpAddr>() {
-        Ok(ip) => SocketAddr::new(ip, primary_port).to_string(),
-        Err(_) => format!("{primary_host}:{primary_port}"),
-    };
+    let (primary_host, primary_label) = server_of(&base);
 
     let (failed_tx, failed_rx) = tokio::sync::watch::channel(false);
     let mut tasks = FuturesUnordered::new();
@@ -158,17 +148,7 @@ pub async fn probe_each(
         Ok(c) => c,
         Err(e) => return vec![(kube.kubeconfig.display().to_string(), Err(e))],
     };
-    let host = base
-        .cluster_url
-        .host()
-        .unwrap_or("")
-        .trim_matches(['[', ']'])
-        .to_string();
-    let port = base.cluster_url.port_u16().unwrap_or(443);
-    let label = match host.parse::<std::net::IpAddr>() {
-        Ok(ip) => SocketAddr::new(ip, port).to_string(),
-        Err(_) => format!("{host}:{port}"),
-    };
+    let (host, label) = server_of(&base);
     let mut targets = vec![(label.clone(), base.clone())];
     for ep in endpoints.iter().filter(|e| e.to_string() != label) {
         let mut cfg = base.clone();
@@ -191,6 +171,22 @@ pub async fn probe_each(
         (label, r)
     });
     futures::future::join_all(probes).await
+}
+
+/// The kubeconfig server's host (the name TLS is verified against) and its `addr:port` label.
+fn server_of(cfg: &Config) -> (String, String) {
+    let host = cfg
+        .cluster_url
+        .host()
+        .unwrap_or("")
+        .trim_matches(['[', ']'])
+        .to_string();
+    let port = cfg.cluster_url.port_u16().unwrap_or(443);
+    let label = match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => SocketAddr::new(ip, port).to_string(),
+        Err(_) => format!("{host}:{port}"),
+    };
+    (host, label)
 }
 
 async fn load_config(kube: &KubeConf) -> Result<Config, String> {

@@ -157,11 +157,7 @@ pub fn probe_blocking(
     node: &str,
     endpoints: &[SocketAddr],
 ) -> Result<Vec<(String, std::result::Result<(), String>)>> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Error::Internal(format!("tokio runtime: {e}")))?;
-    Ok(rt.block_on(client::probe_each(kube, node, endpoints)))
+    crate::runtime::block_on(async { Ok(client::probe_each(kube, node, endpoints).await) })
 }
 
 fn fetch_blocking(
@@ -169,9 +165,5 @@ fn fetch_blocking(
     node: &str,
     endpoints: &[SocketAddr],
 ) -> Result<std::result::Result<ClusterInfo, Vec<client::Attempt>>> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Error::Internal(format!("tokio runtime: {e}")))?;
-    Ok(rt.block_on(client::fetch(kube, node, endpoints)))
+    crate::runtime::block_on(async { Ok(client::fetch(kube, node, endpoints).await) })
 }

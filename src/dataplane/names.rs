@@ -21,11 +21,12 @@ pub fn ifb(container_id: &str, ifname: &str) -> String {
 }
 
 /// The link group of the attachment's host devices (veth and ifb), so DEL can remove them in one
-/// kernel batch: one RCU grace period instead of one per device. The top bit keeps it clear of
-/// the small group numbers operators assign by hand; it is never 0 (the default group).
+/// kernel batch: one RCU grace period instead of one per device. In [2^30, 2^31): clear of the
+/// small numbers operators assign by hand, never 0 (the default group), and within what
+/// iproute2 accepts, so `ip link show group N` works on it.
 pub fn group(container_id: &str, ifname: &str) -> u32 {
     let hex = digest_hex(container_id, ifname);
-    u32::from_str_radix(&hex[..8], 16).unwrap_or(0) | 0x8000_0000
+    (u32::from_str_radix(&hex[..8], 16).unwrap_or(0) & 0x3fff_ffff) | 0x4000_0000
 }
 
 /// True for names this plugin creates on the host.
@@ -59,6 +60,6 @@ mod tests {
         let g = group("abc", "eth0");
         assert_eq!(g, group("abc", "eth0"));
         assert_ne!(g, group("abc", "eth1"));
-        assert!(g & 0x8000_0000 != 0);
+        assert!((0x4000_0000..0x8000_0000).contains(&g));
     }
 }

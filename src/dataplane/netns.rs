@@ -109,12 +109,7 @@ impl Netns {
         F: FnOnce(Handle) -> Fut,
         Fut: Future<Output = Result<T>>,
     {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .enable_time()
-            .build()
-            .map_err(|e| Error::Internal(format!("tokio runtime: {e}")))?;
-        rt.block_on(async move { f(self.connect()?).await })
+        crate::runtime::block_on(async move { f(self.connect()?).await })
     }
 }
 
@@ -124,15 +119,7 @@ where
     F: FnOnce(Handle) -> Fut,
     Fut: Future<Output = Result<T>>,
 {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .enable_time()
-        .build()
-        .map_err(|e| Error::Internal(format!("tokio runtime: {e}")))?;
-    rt.block_on(async move {
-        let handle = connect()?;
-        f(handle).await
-    })
+    crate::runtime::block_on(async move { f(connect()?).await })
 }
 
 /// Opens a netlink connection in the current thread's netns; needs a running runtime.

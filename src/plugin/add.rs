@@ -4,7 +4,7 @@
 
 use super::bandwidth::{self, Limits};
 use crate::cni::result::{Interface, IpConfig};
-use crate::cni::{CniResult, Env, Error, NetConf, Result, Version};
+use crate::cni::{CniResult, Env, Error, NetConf, Result};
 use crate::dataplane::link::{self, Link, VethCreate};
 use crate::dataplane::netns::{Netns, block_on_netlink};
 use crate::dataplane::{addr, names, route, sysctl};
@@ -79,15 +79,8 @@ async fn add_interface(
         )
         .await?;
         let record = Record {
-            version: state::RECORD_VERSION,
-            network: conf.name.clone(),
-            container_id: env.container_id.clone(),
-            ifname: env.ifname.clone(),
-            mode: Mode::Interface,
-            netns: Some(netns.path().display().to_string()),
             host_ifname: Some(host_name.clone()),
             ifb: ifb.map(|l| l.name),
-            ips: assigned.leases.iter().map(|l| l.address.ip()).collect(),
             ipam_delegate: match &plan {
                 Plan::Delegate { plugin, stdin } => Some(Delegated {
                     plugin: plugin.clone(),
@@ -95,8 +88,14 @@ async fn add_interface(
                 }),
                 Plan::Builtin { .. } => None,
             },
-            result: result.to_value(Version::V1_1_0),
-            created_unix: state::now_unix(),
+            ..Record::new(
+                &conf.name,
+                &env.container_id,
+                &env.ifname,
+                Mode::Interface,
+                netns.path(),
+                &result,
+            )
         };
         state::write(&conf.state_dir, &record)?;
         Ok(result)

@@ -3,7 +3,7 @@
 
 use super::add::{ifb_interface, undo_links};
 use super::bandwidth::{self, Limits};
-use crate::cni::{CniResult, Env, Error, NetConf, Result, Version};
+use crate::cni::{CniResult, Env, Error, NetConf, Result};
 use crate::dataplane::link::{self, Link};
 use crate::dataplane::netns::Netns;
 use crate::dataplane::{names, tc};
@@ -70,18 +70,16 @@ pub async fn add(
             result.interfaces.push(ifb_interface(i));
         }
         let record = Record {
-            version: state::RECORD_VERSION,
-            network: conf.name.clone(),
-            container_id: env.container_id.clone(),
-            ifname: env.ifname.clone(),
-            mode: Mode::Chained,
-            netns: Some(netns.path().display().to_string()),
             host_ifname: Some(host.name.clone()),
             ifb: ifb.map(|l| l.name),
-            ips: prev.ips.iter().map(|i| i.address.ip()).collect(),
-            ipam_delegate: None,
-            result: result.to_value(Version::V1_1_0),
-            created_unix: state::now_unix(),
+            ..Record::new(
+                &conf.name,
+                &env.container_id,
+                &env.ifname,
+                Mode::Chained,
+                netns.path(),
+                &result,
+            )
         };
         state::write(&conf.state_dir, &record)?;
         Ok(result)

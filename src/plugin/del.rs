@@ -75,10 +75,5 @@ pub fn del(env: &Env, conf: &NetConf) -> Result<()> {
 }
 
 fn run_delegate_del(env: &Env, plugin: &str, stdin: &[u8]) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Error::Internal(format!("tokio runtime: {e}")))?;
-    rt.block_on(ipam::delegate::exec(plugin, env, "DEL", stdin))
-        .map(|_| ())
+    crate::runtime::block_on(ipam::delegate::exec(plugin, env, "DEL", stdin)).map(|_| ())
 }

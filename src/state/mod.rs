@@ -6,7 +6,7 @@
 
 pub mod atomic;
 
-use crate::cni::{Error, Result};
+use crate::cni::{CniResult, Error, Result, Version};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::net::IpAddr;
@@ -49,6 +49,34 @@ pub struct Record {
 pub struct Delegated {
     pub plugin: String,
     pub stdin: String,
+}
+
+impl Record {
+    /// A record of what ADD returned; the IPs come from the result. Mode-specific fields (host
+    /// interface, ifb, IPAM delegate) start empty.
+    pub fn new(
+        network: &str,
+        container_id: &str,
+        ifname: &str,
+        mode: Mode,
+        netns: &Path,
+        result: &CniResult,
+    ) -> Record {
+        Record {
+            version: RECORD_VERSION,
+            network: network.to_string(),
+            container_id: container_id.to_string(),
+            ifname: ifname.to_string(),
+            mode,
+            netns: Some(netns.display().to_string()),
+            host_ifname: None,
+            ifb: None,
+            ips: result.ips.iter().map(|i| i.address.ip()).collect(),
+            ipam_delegate: None,
+            result: result.to_value(Version::V1_1_0),
+            created_unix: now_unix(),
+        }
+    }
 }
 
 pub fn dir(state_dir: &Path, network: &str) -> PathBuf {

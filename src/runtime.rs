@@ -1,0 +1,15 @@
+//! The one async runtime shape this process uses: current-thread, IO and timers. The process
+//! lives for milliseconds; a thread pool would cost more to start than all the work it would do.
+
+use crate::cni::{Error, Result};
+use std::future::Future;
+
+/// Runs `f` to completion on a fresh current-thread runtime.
+pub fn block_on<T>(f: impl Future<Output = Result<T>>) -> Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .map_err(|e| Error::Internal(format!("tokio runtime: {e}")))?
+        .block_on(f)
+}
