@@ -149,16 +149,20 @@ impl Env {
         (pod, r)
     }
 
-    fn sync(&self, conf: &Value) -> Run {
+    /// `conf` written as a conflist (as on a node), for the subcommands' `--conf`.
+    fn conflist(&self, conf: &Value) -> String {
         let path = self.w.state_dir.join("kube/holdfast.conflist");
         let mut plugin = conf.clone();
         plugin.as_object_mut().unwrap().remove("name");
         plugin.as_object_mut().unwrap().remove("cniVersion");
         let list = json!({"cniVersion": "1.1.0", "name": "testnet", "plugins": [plugin]});
         std::fs::write(&path, list.to_string()).unwrap();
-        let out = self
-            .w
-            .in_node(&[BIN, "sync", "--conf", path.to_str().unwrap()]);
+        path.to_str().unwrap().to_string()
+    }
+
+    fn sync(&self, conf: &Value) -> Run {
+        let path = self.conflist(conf);
+        let out = self.w.in_node(&[BIN, "sync", "--conf", &path]);
         Run {
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -590,16 +594,8 @@ fn delegated_ipam_gets_the_pod_cidr_and_del_needs_no_api() {
 }
 
 fn doctor(e: &Env, conf: &Value) -> (i32, Value, String) {
-    let path = e.w.state_dir.join("kube/doctor.conflist");
-    let mut plugin = conf.clone();
-    plugin.as_object_mut().unwrap().remove("name");
-    plugin.as_object_mut().unwrap().remove("cniVersion");
-    std::fs::write(
-        &path,
-        json!({"cniVersion": "1.1.0", "name": "testnet", "plugins": [plugin]}).to_string(),
-    )
-    .unwrap();
-    let p = path.to_str().unwrap();
+    let path = e.conflist(conf);
+    let p = path.as_str();
     let j = e.w.in_node(&[BIN, "doctor", "--conf", p, "--json"]);
     let human = e.w.in_node(&[BIN, "doctor", "--conf", p]);
     assert_eq!(j.status.code(), human.status.code());

@@ -75,15 +75,9 @@ pub async fn fetch(
             as std::pin::Pin<Box<dyn std::future::Future<Output = _>>>);
     }
     for ep in endpoints.iter().filter(|e| e.to_string() != primary_label) {
-        let mut cfg = base.clone();
-        let Ok(url) = format!("https://{ep}").parse() else {
+        let Some(cfg) = endpoint_config(&base, ep, &primary_host) else {
             continue;
         };
-        cfg.cluster_url = url;
-        // Verify the apiserver's certificate against the name we would have used for the VIP.
-        if cfg.tls_server_name.is_none() {
-            cfg.tls_server_name = Some(primary_host.clone());
-        }
         let mut rx = failed_rx.clone();
         let node = node.to_string();
         let label = ep.to_string();
@@ -151,14 +145,9 @@ pub async fn probe_each(
     let (host, label) = server_of(&base);
     let mut targets = vec![(label.clone(), base.clone())];
     for ep in endpoints.iter().filter(|e| e.to_string() != label) {
-        let mut cfg = base.clone();
-        let Ok(url) = format!("https://{ep}").parse() else {
+        let Some(cfg) = endpoint_config(&base, ep, &host) else {
             continue;
         };
-        cfg.cluster_url = url;
-        if cfg.tls_server_name.is_none() {
-            cfg.tls_server_name = Some(host.clone());
-        }
         targets.push((ep.to_string(), cfg));
     }
     let budget = Duration::from_millis(kube.timeout_ms);
@@ -171,6 +160,18 @@ pub async fn probe_each(
         (label, r)
     });
     futures::future::join_all(probes).await
+}
+
+/// `base` aimed at a real apiserver address, still verifying TLS against the name we would have
+/// used for the kubeconfig's server (apiserver certificates carry the VIP and
+/// kubernetes.default.svc, not necessarily their own address).
+fn endpoint_config(base: &Config, ep: &SocketAddr, server_host: &str) -> Option<Config> {
+    let mut cfg = base.clone();
+    cfg.cluster_url = format!("https://{ep}").parse().ok()?;
+    if cfg.tls_server_name.is_none() {
+        cfg.tls_server_name = Some(server_host.to_string());
+    }
+    Some(cfg)
 }
 
 /// The kubeconfig server's host (the name TLS is verified against) and its `addr:port` label.
