@@ -62,19 +62,8 @@ pub fn kube_conf(conf: &NetConf) -> Result<&KubeConf> {
     })
 }
 
-/// Where cluster info came from, for `sync` and logs.
-#[derive(Debug)]
-pub enum Source {
-    /// Cache younger than `refreshSeconds`: no request made.
-    FreshCache,
-    /// The API answered.
-    Api,
-    /// The API did not answer; the cache was used.
-    StaleCache(Vec<client::Attempt>),
-}
-
 /// Cluster info for ADD, by the rule in the module doc.
-pub fn for_add(conf: &NetConf) -> Result<(ClusterInfo, Source)> {
+pub fn for_add(conf: &NetConf) -> Result<ClusterInfo> {
     let kube = kube_conf(conf)?;
     let node = node_name(kube)?;
     let cached = match cache::load(&conf.state_dir, &node) {
@@ -91,7 +80,7 @@ pub fn for_add(conf: &NetConf) -> Result<(ClusterInfo, Source)> {
     if let Some(c) = &cached
         && c.age_secs() < kube.refresh_seconds
     {
-        return Ok((c.clone(), Source::FreshCache));
+        return Ok(c.clone());
     }
     let endpoints = cached
         .as_ref()
@@ -102,7 +91,7 @@ pub fn for_add(conf: &NetConf) -> Result<(ClusterInfo, Source)> {
             if let Err(e) = cache::store(&conf.state_dir, &info) {
                 tracing::warn!("could not write the cluster-info cache: {e}");
             }
-            Ok((info, Source::Api))
+            Ok(info)
         }
         Err(attempts) => {
             let what = client::describe_attempts(&attempts);
@@ -114,7 +103,7 @@ pub fn for_add(conf: &NetConf) -> Result<(ClusterInfo, Source)> {
                         "Kubernetes API unreachable ({what}); using cluster info cached {}s ago",
                         c.age_secs()
                     );
-                    Ok((c, Source::StaleCache(attempts)))
+                    Ok(c)
                 }
                 Some(c) => Err(Error::TryAgainLater(format!(
                     "Kubernetes API unreachable ({what}) and the cached cluster info is {}s old, over maxStaleSeconds {}",

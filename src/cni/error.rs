@@ -12,9 +12,6 @@ pub enum Error {
     /// Code 1.
     #[error("incompatible CNI version: {0}")]
     IncompatibleVersion(String),
-    /// Code 2.
-    #[error("unsupported field: {0}")]
-    UnsupportedField(String),
     /// Code 3.
     #[error("unknown container: {0}")]
     UnknownContainer(String),
@@ -69,7 +66,6 @@ impl Error {
     pub fn code(&self) -> u32 {
         match self {
             Error::IncompatibleVersion(_) => 1,
-            Error::UnsupportedField(_) => 2,
             Error::UnknownContainer(_) => 3,
             Error::InvalidEnv(_) => 4,
             Error::Io { .. } => 5,

@@ -6,7 +6,6 @@ use futures::TryStreamExt;
 use ipnetwork::IpNetwork;
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 use rtnetlink::Handle;
-use std::net::IpAddr;
 
 /// Adds `addr` (address with prefix length) to link `index`.
 ///
@@ -48,9 +47,4 @@ pub async fn list(h: &Handle, index: u32) -> Result<Vec<IpNetwork>> {
             IpNetwork::new(ip, m.header.prefix_len).ok()
         })
         .collect())
-}
-
-/// True if `ip` (any prefix) is on link `index`.
-pub async fn has(h: &Handle, index: u32, ip: IpAddr) -> Result<bool> {
-    Ok(list(h, index).await?.iter().any(|n| n.ip() == ip))
 }

@@ -113,11 +113,9 @@ pub async fn delete_by_name(h: &Handle, name: &str) -> Result<bool> {
 /// otherwise (another link shares the group: a hash collision, or someone else's) deletes the
 /// expected names one by one. Either way only `expected` links go.
 pub async fn delete_group(h: &Handle, group: u32, expected: &[&str]) -> Result<()> {
-    let members: Vec<Link> = all(h)
-        .await?
-        .into_iter()
-        .filter(|l| l.group == group)
-        .collect();
+    // One dump tells what exists and who is in the group; no per-name lookups after it.
+    let links = all(h).await?;
+    let members: Vec<&Link> = links.iter().filter(|l| l.group == group).collect();
     let ours = !members.is_empty() && members.iter().all(|l| expected.contains(&l.name.as_str()));
     if ours {
         let mut msg = LinkMessageBuilder::<LinkUnspec>::default().build();
@@ -133,9 +131,16 @@ pub async fn delete_group(h: &Handle, group: u32, expected: &[&str]) -> Result<(
             }
         }
     }
-    // Links made without a group (or left by the fallback) go by name.
-    for name in expected {
-        delete_by_name(h, name).await?;
+    // Expected links the group did not cover (made without a group, or the fallback) go one by one.
+    for l in links
+        .iter()
+        .filter(|l| expected.contains(&l.name.as_str()) && !(ours && l.group == group))
+    {
+        match h.link().del(l.index).execute().await {
+            Ok(()) => {}
+            Err(e) if is_missing(&e) => {}
+            Err(e) => return Err(Error::netlink(format!("deleting link {}", l.name), &e)),
+        }
     }
     Ok(())
 }

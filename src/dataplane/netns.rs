@@ -49,12 +49,6 @@ impl Netns {
         Ok(ns)
     }
 
-    /// Opens `path` if it still exists as a namespace; `None` when it is gone (DEL after the pod
-    /// netns was removed).
-    pub fn open_if_present(path: Option<&Path>) -> Option<Netns> {
-        Netns::open(path?).ok()
-    }
-
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -15,7 +15,6 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 pub struct RouteEntry {
     pub dst: IpNetwork,
     pub gw: Option<IpAddr>,
-    pub oif: Option<u32>,
 }
 
 /// The network of `n` with host bits cleared, as the kernel wants route destinations.
@@ -67,13 +66,11 @@ pub async fn list(h: &Handle, v6: bool) -> Result<Vec<RouteEntry>> {
         .filter_map(|m| {
             let mut dst = None;
             let mut gw = None;
-            let mut oif = None;
             for a in &m.attributes {
                 match a {
                     RouteAttribute::Destination(a) => dst = route_ip(a),
                     RouteAttribute::Gateway(a) => gw = route_ip(a),
                     RouteAttribute::Via(RouteVia::Inet6(v)) => gw = Some(IpAddr::V6(*v)),
-                    RouteAttribute::Oif(i) => oif = Some(*i),
                     _ => {}
                 }
             }
@@ -85,7 +82,6 @@ pub async fn list(h: &Handle, v6: bool) -> Result<Vec<RouteEntry>> {
             Some(RouteEntry {
                 dst: IpNetwork::new(dst, m.header.destination_prefix_length).ok()?,
                 gw,
-                oif,
             })
         })
         .collect())

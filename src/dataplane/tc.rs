@@ -35,6 +35,11 @@ pub struct Tbf {
 
 /// Microseconds → psched ticks, from `/proc/net/psched` as `tc` does.
 pub fn ticks_per_usec() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(read_psched)
+}
+
+fn read_psched() -> f64 {
     let parsed = std::fs::read_to_string("/proc/net/psched")
         .ok()
         .and_then(|s| {

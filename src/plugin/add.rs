@@ -41,7 +41,7 @@ pub fn add(env: &Env, conf: &NetConf) -> Result<Value> {
     let plan = match plan {
         Some(p) => p,
         None => {
-            let (info, _) = crate::cluster::for_add(conf)?;
+            let info = crate::cluster::for_add(conf)?;
             Plan::new(conf, Some(&info.pod_cidrs))?
         }
     };

@@ -24,7 +24,6 @@ pub fn status(_env: &Env, conf: &NetConf) -> Result<()> {
             None => Some(
                 crate::cluster::for_add(conf)
                     .map_err(|e| Error::NotAvailable(format!("node podCIDRs unknown: {e}")))?
-                    .0
                     .pod_cidrs,
             ),
         }
