@@ -123,6 +123,12 @@ impl Env {
         c
     }
 
+    /// The fake API on the apiserver's "real" address, with this node's podCIDRs.
+    fn start_real(&self, cidrs: &[&str]) -> FakeApi {
+        let addr = format!("{REAL}:443").parse().unwrap();
+        FakeApi::start(&self.w.node, addr, &self.pki, TOKEN, cluster(cidrs, true))
+    }
+
     fn cache_path(&self) -> PathBuf {
         self.w.state_dir.join("cluster-info.json")
     }
@@ -246,13 +252,7 @@ fn black_holed_vip_is_bypassed_through_the_real_endpoint() {
     };
     // The real apiserver's certificate has no SAN for its own address: TLS must be verified
     // against the VIP's name.
-    let real = FakeApi::start(
-        &e.w.node,
-        format!("{REAL}:443").parse().unwrap(),
-        &e.pki,
-        TOKEN,
-        cluster(&["10.42.7.0/24"], true),
-    );
+    let real = e.start_real(&["10.42.7.0/24"]);
     e.seed_cache(1000, &["10.42.9.0/24"], &[&format!("{REAL}:443")], "node-a");
     let conf = e.conf(json!({}));
     let (pod, r) = e.add("c0", &conf);
@@ -619,13 +619,7 @@ fn doctor_reports_api_paths_cache_usage_and_leftovers() {
     ) else {
         return;
     };
-    let real = FakeApi::start(
-        &e.w.node,
-        format!("{REAL}:443").parse().unwrap(),
-        &e.pki,
-        TOKEN,
-        cluster(&["10.42.8.0/29"], true),
-    );
+    let real = e.start_real(&["10.42.8.0/29"]);
     e.seed_cache(1000, &["10.42.9.0/24"], &[&format!("{REAL}:443")], "node-a");
     let conf = e.conf(json!({}));
 
@@ -696,13 +690,7 @@ fn doctor_is_quiet_when_all_is_well() {
     let Some(mut e) = setup("doctor_is_quiet_when_all_is_well", Vip::Serve) else {
         return;
     };
-    let _real = FakeApi::start(
-        &e.w.node,
-        format!("{REAL}:443").parse().unwrap(),
-        &e.pki,
-        TOKEN,
-        cluster(&["10.42.1.0/24"], true),
-    );
+    let _real = e.start_real(&["10.42.1.0/24"]);
     let conf = e.conf(json!({}));
     let (pod, r) = e.add("c0", &conf);
     r.ok();
