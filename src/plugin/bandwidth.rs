@@ -16,8 +16,12 @@ use serde_json::Value;
 
 /// The burst containerd sends for annotation-derived limits: "unspecified".
 pub const UNSPECIFIED_BURST: u64 = 4_294_967_295;
-/// An unspecified burst becomes this much traffic at the rate...
-pub const DEFAULT_BURST_MS: u64 = 20;
+/// An unspecified burst becomes this much traffic at the rate: at most 2 % over the rate in any
+/// 5-second average, yet enough that TCP's segmentation-offload packets (up to 64 KiB) pass the
+/// bucket whole at 10 Mbit/s and up and the queue (rate × 25 ms + burst) holds what TCP small
+/// queues lets a local sender put there. A smaller bucket splits those packets and drops them
+/// by the dozen, and TCP then stalls (measurements in README, "Bandwidth").
+pub const DEFAULT_BURST_MS: u64 = 100;
 /// ...but at least this many full-size packets, or large packets could never pass.
 pub const DEFAULT_BURST_MIN_PACKETS: u64 = 2;
 
@@ -299,9 +303,10 @@ mod tests {
         ))
         .unwrap();
         let t = l.ingress.unwrap();
-        // 20 ms at 10 Mbit/s = 25 000 bytes, not 512 MiB.
-        assert_eq!(t.limit, 1_250_000 * 25 / 1000 + 25_000);
+        // 100 ms at 10 Mbit/s = 125 000 bytes, not 512 MiB.
+        assert_eq!(t.limit, 1_250_000 * 25 / 1000 + 125_000);
         let slow = from_conf(&conf(r#","ingressRate":100000,"ingressBurst":4294967295"#)).unwrap();
+        // 100 ms at 100 kbit/s is 1250 bytes: less than one packet.
         // Two 1500-byte packets at least.
         assert_eq!(slow.ingress.unwrap().limit, 12_500 * 25 / 1000 + 3000);
     }
