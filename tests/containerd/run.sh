@@ -5,11 +5,20 @@
 # run). No registry is reachable: the image is built from busybox-static and imported.
 #   `ctr run --cni`: the container gets its address from holdfast, pings the node, the node pings
 #   it; when it exits ctr runs DEL (empty CNI_NETNS) and nothing is left.
+#   CRI, as the kubelet drives it (tests/containerd/cri.rs, a small gRPC client: Debian has no
+#   crictl): RunPodSandbox with bandwidth annotations; containerd passes the limits with
+#   capitalised keys and 4294967295-bit bursts, holdfast applies them with its own burst rule;
+#   StopPodSandbox twice and RemovePodSandbox (every DEL succeeds) leave nothing behind.
+# A wrapper in front of holdfast records every call (env, stdin, exit code) so the test can say
+# what containerd really sent.
 # Run as root; prints "containerd e2e: N passed, M failed".
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 HF=$(realpath "${HOLDFAST_BIN:-target/debug/holdfast}")
-for p in containerd runc busybox-static containernetworking-plugins; do
+CRI=target/debug/examples/cri
+[ -x "$CRI" ] || cargo build --quiet --example cri
+CRI=$(realpath "$CRI")
+for p in containerd runc busybox-static containernetworking-plugins iperf3; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' \
     || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$p" >/dev/null
 done
@@ -25,8 +34,20 @@ cleanup() {
 trap cleanup EXIT
 ip netns add "$NODE"
 ip -n "$NODE" link set lo up
-mkdir -p "$WORK"/{etc-cni,opt-cni,var-lib-cni,run-containerd,netns,root,state,hf}
-cp "$HF" "$WORK/opt-cni/holdfast"
+mkdir -p "$WORK"/{etc-cni,opt-cni,var-lib-cni,run-containerd,netns,root,state,hf,calls}
+cp "$HF" "$WORK/opt-cni/holdfast.real"
+cat > "$WORK/opt-cni/holdfast" <<SH
+#!/usr/bin/env bash
+# Records what the runtime sent, then runs holdfast with it; stdout passes through untouched.
+c=$WORK/calls/\$(date +%s%N).\${CNI_COMMAND:-none}
+cat > "\$c.stdin"
+env | grep '^CNI_' > "\$c.env"
+"$WORK/opt-cni/holdfast.real" < "\$c.stdin"
+rc=\$?
+echo \$rc > "\$c.rc"
+exit \$rc
+SH
+chmod +x "$WORK/opt-cni/holdfast"
 cp /usr/lib/cni/{loopback,host-local,portmap,bandwidth} "$WORK/opt-cni/"
 cat > "$WORK/etc-cni/10-holdfast.conflist" <<JSON
 {"cniVersion": "1.0.0", "name": "holdfast-e2e", "plugins": [
@@ -49,10 +70,11 @@ state = "$WORK/state"
     conf_dir = "/etc/cni/net.d"
 TOML
 tests/containerd/image.sh "$WORK/busybox.tar" docker.io/hf/busybox:e2e
+tests/containerd/image.sh "$WORK/pause.tar" docker.io/hf/pause:e2e '["/bin/sleep","2147483647"]'
 
 cat > "$WORK/inner.sh" <<'INNER'
 set -uo pipefail
-WORK=$1
+WORK=$1; CRIBIN=$2
 pass=0; fail=0
 ok()  { pass=$((pass+1)); echo "ok   - $*"; }
 bad() { fail=$((fail+1)); echo "FAIL - $*"; }
@@ -84,9 +106,63 @@ left_recs=$(ls "$WORK/hf/attachments/holdfast-e2e" 2>/dev/null | wc -l)
 left_leases=$(ls "$WORK/hf/ipam/holdfast-e2e" 2>/dev/null | grep -c '^10\.')
 if [ "$left_links$left_recs$left_leases" = 000 ]; then ok "after exit ctr ran DEL: no link, record or lease left"
 else bad "left after exit: $left_links links, $left_recs records, $left_leases leases"; fi
+
+# ---- CRI: what the kubelet does for a pod with bandwidth annotations ----
+cri() { "$CRIBIN" "$WORK/containerd.sock" "$@"; }
+# The calls holdfast got for container $1 and verb $2, oldest first.
+calls() { ls "$WORK/calls" | grep "\\.$2\\.env\$" | sed 's/\.env$//' | while read -r c; do
+  grep -q "^CNI_CONTAINERID=$1\$" "$WORK/calls/$c.env" && echo "$WORK/calls/$c"; done; }
+ctr -n k8s.io images import "$WORK/pause.tar" >/dev/null 2>&1 && ok "pause image imported into k8s.io" || bad "ctr -n k8s.io images import pause"
+SB=$(cri run web-0 e2e-ns 2f9c7a1e-e2e kubernetes.io/ingress-bandwidth=10M kubernetes.io/egress-bandwidth=20M 2>"$WORK/cri.err")
+if [ -n "$SB" ]; then ok "RunPodSandbox: sandbox ${SB:0:12}"; else bad "RunPodSandbox: $(cat "$WORK/cri.err")"; tail -5 "$WORK/containerd.log"; fi
+podip=$(cri ip "$SB" 2>&1)
+case "$podip" in 10.70.0.*) ok "PodSandboxStatus: the pod got $podip from holdfast";; *) bad "PodSandboxStatus: $podip";; esac
+ping -c1 -W2 "$podip" >/dev/null 2>&1 && ok "the node pings the pod at $podip" || bad "the node cannot ping $podip"
+add=$(calls "$SB" ADD | head -1)
+if [ -n "$add" ] && grep -q '"IngressRate":10000000' "$add.stdin" && grep -q '"IngressBurst":4294967295' "$add.stdin" \
+   && grep -q '"EgressRate":20000000' "$add.stdin" && grep -q '"EgressBurst":4294967295' "$add.stdin"; then
+  ok "containerd sent runtimeConfig.bandwidth with capitalised keys and 4294967295-bit bursts"
+else bad "ADD stdin: $(cat "$add.stdin" 2>&1)"; fi
+args=$(grep '^CNI_ARGS=' "$add.env" 2>/dev/null)
+if grep -q 'IgnoreUnknown=1' <<<"$args" && grep -q 'K8S_POD_NAME=web-0' <<<"$args"; then ok "CNI_ARGS from CRI accepted: ${args#CNI_ARGS=}"
+else bad "CNI_ARGS: $args"; fi
+# Read back with tc (holdfast itself never runs tc): 100 ms at the rate, not a 512 MiB bucket.
+qd=$(tc qdisc show)
+if echo "$qd" | grep -Eq 'tbf 1: dev hf[0-9a-f]{11} root .*rate 10Mbit burst 125000b' \
+   && echo "$qd" | grep -Eq 'tbf 1: dev hfi[0-9a-f]{11} root .*rate 20Mbit burst 250000b'; then
+  ok "limits applied: ingress tbf 10Mbit burst 125000b on the veth, egress tbf 20Mbit burst 250000b on the ifb"
+else bad "qdiscs: $qd"; fi
+# The unspecified burst keeps the pod honest (the reference plugin lets it send ~300 Mbit/s).
+podns=$(grep '^CNI_NETNS=' "$add.env" 2>/dev/null | cut -d= -f2)
+iperf3 -s -1 -p 5202 >/dev/null 2>&1 &
+IPERF=$!
+sleep 0.3
+mbit=$(nsenter --net="$podns" iperf3 -c 10.70.0.1 -p 5202 -t 5 -R -J 2>/dev/null | grep -A8 '"sum_received"' \
+  | grep -m1 '"bits_per_second"' | grep -oE '[0-9.]+(e[+-]?[0-9]+)?' | awk '{printf "%.2f", $1/1e6}')
+kill "$IPERF" 2>/dev/null; wait "$IPERF" 2>/dev/null
+if [ -n "$mbit" ] && awk -v m="$mbit" 'BEGIN {exit !(m > 0 && m <= 11)}'; then ok "iperf3 into the pod over 5 s: $mbit Mbit/s at a 10M annotation"
+else bad "iperf3 into the pod: '$mbit' Mbit/s at a 10M annotation"; fi
+# The kubelet stops a sandbox more than once; containerd 1.6 runs DEL each time.
+cri stop "$SB" 2>"$WORK/cri.err" && ok "StopPodSandbox" || bad "StopPodSandbox: $(cat "$WORK/cri.err")"
+cri stop "$SB" 2>"$WORK/cri.err" && ok "StopPodSandbox again" || bad "second StopPodSandbox: $(cat "$WORK/cri.err")"
+cri remove "$SB" 2>"$WORK/cri.err" && ok "RemovePodSandbox" || bad "RemovePodSandbox: $(cat "$WORK/cri.err")"
+dels=$(calls "$SB" DEL)
+ndel=$(echo "$dels" | grep -c .)
+nok=0; for d in $dels; do [ "$(cat "$d.rc" 2>/dev/null)" = 0 ] && nok=$((nok+1)); done
+bare=0; for d in $dels; do grep -q prevResult "$d.stdin" || bare=$((bare+1)); done
+if [ "$ndel" -ge 2 ] && [ "$nok" = "$ndel" ]; then ok "containerd ran DEL $ndel times ($bare without prevResult), every one exit 0"
+else bad "DELs: $ndel, succeeded: $nok"; fi
+left_links=$(ip -o link | grep -c ': hf')
+left_qd=$(tc qdisc show | grep -c 'dev hf')
+left_recs=$(ls "$WORK/hf/attachments/holdfast-e2e" 2>/dev/null | wc -l)
+left_leases=$(ls "$WORK/hf/ipam/holdfast-e2e" 2>/dev/null | grep -c '^10\.')
+left_sb=$(cri list 2>&1 | grep -c .)
+if [ "$left_links$left_qd$left_recs$left_leases$left_sb" = 00000 ]; then ok "after the sandbox is removed: no link, ifb, qdisc, record, lease or sandbox left"
+else bad "left after RemovePodSandbox: $left_links links, $left_qd qdiscs, $left_recs records, $left_leases leases, $left_sb sandboxes"; fi
+
 kill "$CPID"; wait "$CPID" 2>/dev/null
 echo "containerd e2e: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]
 INNER
 # nsenter, not `ip netns exec`: the latter remounts /sys and hides the cgroup mounts runc needs.
-nsenter --net="/var/run/netns/$NODE" unshare -m --propagation private bash "$WORK/inner.sh" "$WORK"
+nsenter --net="/var/run/netns/$NODE" unshare -m --propagation private bash "$WORK/inner.sh" "$WORK" "$CRI"

@@ -1,0 +1,158 @@
+//! A minimal CRI client for the containerd end-to-end test: it does what the kubelet does to start
+//! and stop a pod sandbox (Debian ships no crictl). Every call has a deadline.
+//!
+//!   cri SOCKET run NAME NAMESPACE UID [ANNOTATION=VALUE ...]   prints the sandbox ID
+//!   cri SOCKET ip ID                                           prints the pod's IP
+//!   cri SOCKET stop ID | remove ID
+//!   cri SOCKET list                                            prints one sandbox ID a line
+
+use hyper_util::rt::TokioIo;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use k8s_cri::v1::{
+    LinuxPodSandboxConfig, ListPodSandboxRequest, PodSandboxConfig, PodSandboxMetadata,
+    PodSandboxStatusRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StopPodSandboxRequest,
+};
+use std::collections::HashMap;
+use std::time::Duration;
+use tokio::net::UnixStream;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// Long enough for containerd to start runc and run the CNI chain on a loaded machine.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+type Client = RuntimeServiceClient<Channel>;
+
+async fn connect(socket: String) -> Result<Client, String> {
+    // The URI is required by tonic but unused: the connector dials the socket.
+    let channel = Endpoint::from_static("http://[::1]:1")
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(DEADLINE)
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let socket = socket.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(socket).await?)) }
+        }))
+        .await
+        .map_err(|e| format!("connecting: {e}"))?;
+    Ok(RuntimeServiceClient::new(channel))
+}
+
+async fn run(mut c: Client, args: &[String]) -> Result<String, String> {
+    let usage = || {
+        "usage: cri SOCKET run NAME NAMESPACE UID [K=V ...] | ip ID | stop ID | remove ID | list"
+            .to_string()
+    };
+    let id = || args.get(1).cloned().ok_or_else(usage);
+    let fail = |what: &str, e: tonic::Status| format!("{what}: {}: {}", e.code(), e.message());
+    match args.first().map(String::as_str) {
+        Some("run") => {
+            let (Some(name), Some(namespace), Some(uid)) = (args.get(1), args.get(2), args.get(3))
+            else {
+                return Err(usage());
+            };
+            let annotations: HashMap<String, String> = args[4..]
+                .iter()
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let config = PodSandboxConfig {
+                metadata: Some(PodSandboxMetadata {
+                    name: name.clone(),
+                    uid: uid.clone(),
+                    namespace: namespace.clone(),
+                    attempt: 0,
+                }),
+                hostname: name.clone(),
+                annotations,
+                linux: Some(LinuxPodSandboxConfig::default()),
+                ..Default::default()
+            };
+            let r = c
+                .run_pod_sandbox(RunPodSandboxRequest {
+                    config: Some(config),
+                    runtime_handler: String::new(),
+                })
+                .await
+                .map_err(|e| fail("RunPodSandbox", e))?;
+            Ok(r.into_inner().pod_sandbox_id)
+        }
+        Some("ip") => {
+            let r = c
+                .pod_sandbox_status(PodSandboxStatusRequest {
+                    pod_sandbox_id: id()?,
+                    verbose: false,
+                })
+                .await
+                .map_err(|e| fail("PodSandboxStatus", e))?;
+            r.into_inner()
+                .status
+                .and_then(|s| s.network)
+                .map(|n| n.ip)
+                .filter(|ip| !ip.is_empty())
+                .ok_or_else(|| "PodSandboxStatus: no network status".to_string())
+        }
+        Some("stop") => {
+            c.stop_pod_sandbox(StopPodSandboxRequest {
+                pod_sandbox_id: id()?,
+            })
+            .await
+            .map_err(|e| fail("StopPodSandbox", e))?;
+            Ok(String::new())
+        }
+        Some("remove") => {
+            c.remove_pod_sandbox(RemovePodSandboxRequest {
+                pod_sandbox_id: id()?,
+            })
+            .await
+            .map_err(|e| fail("RemovePodSandbox", e))?;
+            Ok(String::new())
+        }
+        Some("list") => {
+            let r = c
+                .list_pod_sandbox(ListPodSandboxRequest { filter: None })
+                .await
+                .map_err(|e| fail("ListPodSandbox", e))?;
+            Ok(r.into_inner()
+                .items
+                .into_iter()
+                .map(|s| s.id)
+                .collect::<Vec<_>>()
+                .join("\n"))
+        }
+        _ => Err(usage()),
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((socket, rest)) = args.split_first() else {
+        eprintln!("usage: cri SOCKET COMMAND ...");
+        std::process::exit(2);
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cri: runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let outcome = rt.block_on(async {
+        let c = connect(socket.clone()).await?;
+        tokio::time::timeout(DEADLINE, run(c, rest))
+            .await
+            .map_err(|_| format!("no answer within {DEADLINE:?}"))?
+    });
+    match outcome {
+        Ok(out) => {
+            if !out.is_empty() {
+                println!("{out}");
+            }
+        }
+        Err(e) => {
+            eprintln!("cri: {e}");
+            std::process::exit(1);
+        }
+    }
+}
