@@ -33,11 +33,30 @@ fn find(plugin: &str, env: &Env) -> Result<PathBuf> {
         })
 }
 
-/// Runs `plugin` with `command`; returns its parsed stdout (empty for DEL).
+/// Runs `plugin` with `command` in this process's environment; returns its parsed stdout (empty
+/// for DEL).
 pub async fn exec(plugin: &str, env: &Env, command: &str, stdin: &[u8]) -> Result<Option<Value>> {
+    exec_for(plugin, env, command, stdin, None).await
+}
+
+/// As [`exec`], but for another attachment `(container ID, ifname)` than this process's (GC
+/// releasing a stale one): its IDs replace ours and there is no netns.
+pub async fn exec_for(
+    plugin: &str,
+    env: &Env,
+    command: &str,
+    stdin: &[u8],
+    attachment: Option<(&str, &str)>,
+) -> Result<Option<Value>> {
     let bin = find(plugin, env)?;
-    let mut child = tokio::process::Command::new(&bin)
-        .env("CNI_COMMAND", command)
+    let mut cmd = tokio::process::Command::new(&bin);
+    cmd.env("CNI_COMMAND", command);
+    if let Some((container_id, ifname)) = attachment {
+        cmd.env("CNI_CONTAINERID", container_id)
+            .env("CNI_IFNAME", ifname)
+            .env_remove("CNI_NETNS");
+    }
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

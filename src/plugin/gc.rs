@@ -1,9 +1,15 @@
 //! GC: remove this network's attachments that the runtime no longer knows.
+//!
+//! With a delegated IPAM plugin, each stale attachment's lease is released by the DEL its ADD
+//! recorded (any IPAM plugin understands DEL; Debian's host-local 1.1.1 has no GC), and then GC
+//! itself is passed on to a plugin that speaks 1.1.0, as the reference plugins do, for leases no
+//! record knows of.
 
 use crate::cni::{Env, Error, NetConf, Result};
 use crate::dataplane::link;
 use crate::dataplane::netns::block_on_netlink;
 use crate::ipam::store::{Owner, Store};
+use crate::ipam::{self, delegate};
 use crate::state;
 use serde_json::Value;
 
@@ -33,7 +39,7 @@ fn valid_attachments(conf: &NetConf) -> Result<Option<Vec<Owner>>> {
     Ok(Some(out))
 }
 
-pub fn gc(_env: &Env, conf: &NetConf) -> Result<()> {
+pub fn gc(env: &Env, conf: &NetConf) -> Result<()> {
     let Some(valid) = valid_attachments(conf)? else {
         tracing::info!("GC without a list of valid attachments: removing nothing");
         return Ok(());
@@ -49,10 +55,30 @@ pub fn gc(_env: &Env, conf: &NetConf) -> Result<()> {
     for (p, e) in unreadable {
         errors.push(format!("unreadable record {}: {e}", p.display()));
     }
-    let stale: Vec<state::Record> = records
+    let mut stale: Vec<state::Record> = records
         .into_iter()
         .filter(|r| !keep(&r.container_id, &r.ifname))
         .collect();
+    // A record whose delegated lease could not be released stays, so the next GC retries it.
+    stale.retain(|r| match &r.ipam_delegate {
+        Some(d) if r.mode == state::Mode::Interface => {
+            let released = crate::runtime::block_on(delegate::exec_for(
+                &d.plugin,
+                env,
+                "DEL",
+                d.stdin.as_bytes(),
+                Some((&r.container_id, &r.ifname)),
+            ));
+            match released {
+                Ok(_) => true,
+                Err(e) => {
+                    errors.push(e.to_string());
+                    false
+                }
+            }
+        }
+        _ => true,
+    });
     let links: Vec<String> = stale
         .iter()
         .filter(|r| r.mode == state::Mode::Interface)
@@ -89,6 +115,12 @@ pub fn gc(_env: &Env, conf: &NetConf) -> Result<()> {
         }
     }
 
+    if let Some(plugin) = conf.ipam.delegate()
+        && let Err(e) = forward(env, conf, plugin)
+    {
+        errors.push(e.to_string());
+    }
+
     for r in &stale {
         if let Err(e) = state::remove(&conf.state_dir, &conf.name, &r.container_id, &r.ifname) {
             errors.push(e.to_string());
@@ -103,4 +135,26 @@ pub fn gc(_env: &Env, conf: &NetConf) -> Result<()> {
             errors.join("; ")
         )))
     }
+}
+
+/// GC for the delegated IPAM plugin, with the valid list and `usePodCidr` resolved from the
+/// cache (GC never asks the API), if its VERSION says it speaks this config's version: older
+/// plugins have no GC, and their stale leases were released above, record by record.
+fn forward(env: &Env, conf: &NetConf, plugin: &str) -> Result<()> {
+    let version = conf.version.to_string();
+    let probe = serde_json::to_vec(&serde_json::json!({ "cniVersion": version }))
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    let info = crate::runtime::block_on(delegate::exec(plugin, env, "VERSION", &probe))?;
+    let speaks = info
+        .as_ref()
+        .and_then(|v| v.get("supportedVersions"))
+        .and_then(Value::as_array)
+        .is_some_and(|vs| vs.iter().any(|v| v.as_str() == Some(version.as_str())));
+    if !speaks {
+        tracing::info!("{plugin} does not speak CNI {version}: no GC passed on");
+        return Ok(());
+    }
+    let cidrs = crate::cluster::cached_pod_cidrs(conf);
+    let stdin = ipam::delegate_stdin(conf, cidrs.as_deref())?;
+    crate::runtime::block_on(delegate::exec(plugin, env, "GC", &stdin)).map(|_| ())
 }
