@@ -83,25 +83,7 @@ fn gc_is_passed_on_to_a_delegate_that_speaks_1_1_0() {
     let Some(mut w) = World::new("gc_is_passed_on_to_a_delegate") else {
         return;
     };
-    // A stand-in IPAM plugin that speaks 1.1.0 and logs every call.
-    let dir = w.state_dir.join("bin");
-    std::fs::create_dir_all(&dir).unwrap();
-    let plugin = dir.join("fake-ipam");
-    std::fs::write(
-        &plugin,
-        r#"#!/bin/sh
-in=$(cat)
-echo "$CNI_COMMAND ${CNI_CONTAINERID:-} $in" >> "$(dirname "$0")/calls.log"
-case "$CNI_COMMAND" in
-VERSION) echo '{"cniVersion":"1.1.0","supportedVersions":["1.0.0","1.1.0"]}';;
-ADD) echo '{"cniVersion":"1.1.0","ips":[{"address":"10.32.0.5/24","gateway":"10.32.0.1"}]}';;
-esac
-"#,
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let path = format!("{}:{}", dir.display(), cni_path());
+    let (dir, path) = fake_ipam(&w);
     let conf = w.conf(
         "1.1.0",
         json!({"type": "fake-ipam", "routes": [{"dst": "0.0.0.0/0"}]}),

@@ -107,3 +107,25 @@ fn range_start_end_and_gateway_are_honoured() {
     }
     w.assert_clean();
 }
+
+#[test]
+fn status_is_passed_on_to_a_delegate_that_speaks_1_1_0() {
+    let Some(w) = World::new("status_is_passed_on_to_a_delegate") else {
+        return;
+    };
+    let (dir, path) = fake_ipam(&w);
+    let conf = w.conf("1.1.0", json!({"type": "fake-ipam"}));
+    w.cni_env("STATUS", &conf, &[("CNI_PATH", &path)]).ok();
+    std::fs::write(dir.join("full"), "").unwrap();
+    w.cni_env("STATUS", &conf, &[("CNI_PATH", &path)])
+        .err(51, "fake pool exhausted");
+    let calls = std::fs::read_to_string(dir.join("calls.log")).unwrap();
+    let verbs: Vec<&str> = calls.lines().filter_map(|l| l.split(' ').next()).collect();
+    assert_eq!(verbs, ["VERSION", "STATUS", "VERSION", "STATUS"], "{calls}");
+    // Debian's host-local 1.1.1 does not speak 1.1.0: nothing to ask, holdfast is ready.
+    let old = w.conf(
+        "1.1.0",
+        json!({"type": "host-local", "ranges": [[{"subnet": "10.33.0.0/24"}]]}),
+    );
+    w.cni_env("STATUS", &old, &[]).ok();
+}

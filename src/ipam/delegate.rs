@@ -33,6 +33,19 @@ fn find(plugin: &str, env: &Env) -> Result<PathBuf> {
         })
 }
 
+/// Whether `plugin`'s VERSION lists `version`: verbs newer than a plugin (STATUS, GC) are not
+/// sent to it.
+pub async fn speaks(plugin: &str, env: &Env, version: &str) -> Result<bool> {
+    let probe = serde_json::to_vec(&serde_json::json!({ "cniVersion": version }))
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    let info = exec(plugin, env, "VERSION", &probe).await?;
+    Ok(info
+        .as_ref()
+        .and_then(|v| v.get("supportedVersions"))
+        .and_then(Value::as_array)
+        .is_some_and(|vs| vs.iter().any(|v| v.as_str() == Some(version))))
+}
+
 /// Runs `plugin` with `command` in this process's environment; returns its parsed stdout (empty
 /// for DEL).
 pub async fn exec(plugin: &str, env: &Env, command: &str, stdin: &[u8]) -> Result<Option<Value>> {

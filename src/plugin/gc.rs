@@ -142,15 +142,7 @@ pub fn gc(env: &Env, conf: &NetConf) -> Result<()> {
 /// plugins have no GC, and their stale leases were released above, record by record.
 fn forward(env: &Env, conf: &NetConf, plugin: &str) -> Result<()> {
     let version = conf.version.to_string();
-    let probe = serde_json::to_vec(&serde_json::json!({ "cniVersion": version }))
-        .map_err(|e| Error::Internal(e.to_string()))?;
-    let info = crate::runtime::block_on(delegate::exec(plugin, env, "VERSION", &probe))?;
-    let speaks = info
-        .as_ref()
-        .and_then(|v| v.get("supportedVersions"))
-        .and_then(Value::as_array)
-        .is_some_and(|vs| vs.iter().any(|v| v.as_str() == Some(version.as_str())));
-    if !speaks {
+    if !crate::runtime::block_on(delegate::speaks(plugin, env, &version))? {
         tracing::info!("{plugin} does not speak CNI {version}: no GC passed on");
         return Ok(());
     }

@@ -3,8 +3,10 @@
 use crate::cni::{Env, Error, NetConf, Result};
 use crate::ipam::range;
 use crate::ipam::store::Store;
+use crate::ipam::{self, delegate};
+use ipnetwork::IpNetwork;
 
-pub fn status(_env: &Env, conf: &NetConf) -> Result<()> {
+pub fn status(env: &Env, conf: &NetConf) -> Result<()> {
     let dir = &conf.state_dir;
     std::fs::create_dir_all(dir).map_err(|e| {
         Error::NotAvailable(format!("stateDir {} is not usable: {e}", dir.display()))
@@ -14,9 +16,6 @@ pub fn status(_env: &Env, conf: &NetConf) -> Result<()> {
         nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
     )
     .map_err(|e| Error::NotAvailable(format!("stateDir {} is not writable: {e}", dir.display())))?;
-    if conf.ipam.delegate().is_some() {
-        return Ok(());
-    }
     // podCIDRs from the cache; only without one does STATUS have to ask the API.
     let cidrs = if crate::cluster::needs_pod_cidrs(conf) {
         match crate::cluster::cached_pod_cidrs(conf) {
@@ -30,6 +29,9 @@ pub fn status(_env: &Env, conf: &NetConf) -> Result<()> {
     } else {
         None
     };
+    if let Some(plugin) = conf.ipam.delegate() {
+        return delegated(env, conf, plugin, cidrs.as_deref());
+    }
     let sets = range::resolve(&conf.ipam.ranges, cidrs.as_deref())
         .map_err(|e| Error::NotAvailable(format!("IPAM is not usable: {e}")))?;
     let store = Store::open(dir, &conf.name)
@@ -52,4 +54,16 @@ pub fn status(_env: &Env, conf: &NetConf) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A delegated IPAM plugin answers for its addresses, if it speaks this config's version (as the
+/// reference plugins pass STATUS on); its error keeps its own code.
+fn delegated(env: &Env, conf: &NetConf, plugin: &str, cidrs: Option<&[IpNetwork]>) -> Result<()> {
+    let version = conf.version.to_string();
+    if !crate::runtime::block_on(delegate::speaks(plugin, env, &version))? {
+        tracing::debug!("{plugin} does not speak CNI {version}: STATUS not passed on");
+        return Ok(());
+    }
+    let stdin = ipam::delegate_stdin(conf, cidrs)?;
+    crate::runtime::block_on(delegate::exec(plugin, env, "STATUS", &stdin)).map(|_| ())
 }

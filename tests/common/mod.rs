@@ -342,6 +342,34 @@ fn run_with_stdin(mut c: Command, stdin: &[u8]) -> Run {
     }
 }
 
+/// A stand-in IPAM plugin that speaks 1.1.0 and logs every call (`verb containerID stdin`) to
+/// `calls.log` beside it; its STATUS fails with code 51 while a file `full` is there. Returns its
+/// directory and a `CNI_PATH` that finds it first.
+pub fn fake_ipam(w: &World) -> (PathBuf, String) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = w.state_dir.join("bin");
+    std::fs::create_dir_all(&dir).unwrap();
+    let plugin = dir.join("fake-ipam");
+    std::fs::write(
+        &plugin,
+        r#"#!/bin/sh
+d=$(dirname "$0")
+in=$(cat)
+echo "$CNI_COMMAND ${CNI_CONTAINERID:-} $in" >> "$d/calls.log"
+case "$CNI_COMMAND" in
+VERSION) echo '{"cniVersion":"1.1.0","supportedVersions":["1.0.0","1.1.0"]}';;
+ADD) echo '{"cniVersion":"1.1.0","ips":[{"address":"10.32.0.5/24","gateway":"10.32.0.1"}]}';;
+STATUS) [ -e "$d/full" ] && { echo '{"cniVersion":"1.1.0","code":51,"msg":"fake pool exhausted"}'; exit 1; };;
+esac
+exit 0
+"#,
+    )
+    .unwrap();
+    std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", dir.display(), cni_path());
+    (dir, path)
+}
+
 /// IPAM config for a single IPv4 subnet.
 pub fn ipam_v4(subnet: &str) -> Value {
     json!({"ranges": [[{"subnet": subnet}]], "routes": [{"dst": "0.0.0.0/0"}]})
