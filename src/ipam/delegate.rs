@@ -77,9 +77,14 @@ pub async fn exec_for(
         .spawn()
         .map_err(|e| Error::io(format!("running {}", bin.display()), e))?;
     if let Some(mut si) = child.stdin.take() {
-        si.write_all(stdin)
-            .await
-            .map_err(|e| Error::io(format!("writing to {plugin}"), e))?;
+        // A plugin may answer without reading its stdin (the reference plugins' VERSION, or an
+        // early error): its exit status and stdout say what happened, not the broken pipe.
+        match si.write_all(stdin).await {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                return Err(Error::io(format!("writing to {plugin}"), e));
+            }
+            _ => {}
+        }
     }
     let out = tokio::time::timeout(DELEGATE_TIMEOUT, child.wait_with_output())
         .await
