@@ -143,6 +143,28 @@ pub fn assigned_from_result(r: &CniResult) -> Result<Assigned> {
     })
 }
 
+/// Passes STATUS or GC on to the delegated IPAM `plugin` with this config, if the plugin's VERSION
+/// lists the config's version (older plugins know neither verb); returns whether it did. Its
+/// error keeps its own code; a plugin that cannot even be asked is code 50.
+pub fn pass_on(
+    env: &crate::cni::Env,
+    conf: &NetConf,
+    plugin: &str,
+    verb: &str,
+    pod_cidrs: Option<&[IpNetwork]>,
+) -> Result<bool> {
+    let version = conf.version.to_string();
+    let speaks = crate::runtime::block_on(delegate::speaks(plugin, env, &version))
+        .map_err(|e| Error::NotAvailable(format!("IPAM plugin {plugin}: {e}")))?;
+    if !speaks {
+        tracing::info!("{plugin} does not speak CNI {version}: {verb} not passed on");
+        return Ok(false);
+    }
+    let stdin = delegate_stdin(conf, pod_cidrs)?;
+    crate::runtime::block_on(delegate::exec(plugin, env, verb, &stdin))?;
+    Ok(true)
+}
+
 /// The config to hand a delegated IPAM plugin: `usePodCidr` replaced by the node's podCIDRs.
 pub fn delegate_stdin(conf: &NetConf, pod_cidrs: Option<&[IpNetwork]>) -> Result<Vec<u8>> {
     let mut raw = conf.raw.clone();

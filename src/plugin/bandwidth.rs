@@ -306,8 +306,7 @@ mod tests {
         // 100 ms at 10 Mbit/s = 125 000 bytes, not 512 MiB.
         assert_eq!(t.limit, 1_250_000 * 25 / 1000 + 125_000);
         let slow = from_conf(&conf(r#","ingressRate":100000,"ingressBurst":4294967295"#)).unwrap();
-        // 100 ms at 100 kbit/s is 1250 bytes: less than one packet.
-        // Two 1500-byte packets at least.
+        // 100 ms at 100 kbit/s is 1250 bytes, less than a packet: two 1500-byte packets instead.
         assert_eq!(slow.ingress.unwrap().limit, 12_500 * 25 / 1000 + 3000);
     }
 }

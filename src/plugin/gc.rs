@@ -115,10 +115,12 @@ pub fn gc(env: &Env, conf: &NetConf) -> Result<()> {
         }
     }
 
-    if let Some(plugin) = conf.ipam.delegate()
-        && let Err(e) = forward(env, conf, plugin)
-    {
-        errors.push(e.to_string());
+    // GC never asks the API: `usePodCidr` comes from the cache.
+    if let Some(plugin) = conf.ipam.delegate() {
+        let cidrs = crate::cluster::cached_pod_cidrs(conf);
+        if let Err(e) = ipam::pass_on(env, conf, plugin, "GC", cidrs.as_deref()) {
+            errors.push(e.to_string());
+        }
     }
 
     for r in &stale {
@@ -135,18 +137,4 @@ pub fn gc(env: &Env, conf: &NetConf) -> Result<()> {
             errors.join("; ")
         )))
     }
-}
-
-/// GC for the delegated IPAM plugin, with the valid list and `usePodCidr` resolved from the
-/// cache (GC never asks the API), if its VERSION says it speaks this config's version: older
-/// plugins have no GC, and their stale leases were released above, record by record.
-fn forward(env: &Env, conf: &NetConf, plugin: &str) -> Result<()> {
-    let version = conf.version.to_string();
-    if !crate::runtime::block_on(delegate::speaks(plugin, env, &version))? {
-        tracing::info!("{plugin} does not speak CNI {version}: no GC passed on");
-        return Ok(());
-    }
-    let cidrs = crate::cluster::cached_pod_cidrs(conf);
-    let stdin = ipam::delegate_stdin(conf, cidrs.as_deref())?;
-    crate::runtime::block_on(delegate::exec(plugin, env, "GC", &stdin)).map(|_| ())
 }

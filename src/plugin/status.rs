@@ -3,8 +3,6 @@
 use crate::cni::{Env, Error, NetConf, Result};
 use crate::ipam::range;
 use crate::ipam::store::Store;
-use crate::ipam::{self, delegate};
-use ipnetwork::IpNetwork;
 
 pub fn status(env: &Env, conf: &NetConf) -> Result<()> {
     let dir = &conf.state_dir;
@@ -29,8 +27,9 @@ pub fn status(env: &Env, conf: &NetConf) -> Result<()> {
     } else {
         None
     };
+    // A delegated plugin answers for its own addresses, as the reference plugins let it.
     if let Some(plugin) = conf.ipam.delegate() {
-        return delegated(env, conf, plugin, cidrs.as_deref());
+        return crate::ipam::pass_on(env, conf, plugin, "STATUS", cidrs.as_deref()).map(|_| ());
     }
     let sets = range::resolve(&conf.ipam.ranges, cidrs.as_deref())
         .map_err(|e| Error::NotAvailable(format!("IPAM is not usable: {e}")))?;
@@ -54,16 +53,4 @@ pub fn status(env: &Env, conf: &NetConf) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// A delegated IPAM plugin answers for its addresses, if it speaks this config's version (as the
-/// reference plugins pass STATUS on); its error keeps its own code.
-fn delegated(env: &Env, conf: &NetConf, plugin: &str, cidrs: Option<&[IpNetwork]>) -> Result<()> {
-    let version = conf.version.to_string();
-    if !crate::runtime::block_on(delegate::speaks(plugin, env, &version))? {
-        tracing::debug!("{plugin} does not speak CNI {version}: STATUS not passed on");
-        return Ok(());
-    }
-    let stdin = ipam::delegate_stdin(conf, cidrs)?;
-    crate::runtime::block_on(delegate::exec(plugin, env, "STATUS", &stdin)).map(|_| ())
 }
