@@ -7,6 +7,7 @@ pub mod cli;
 pub mod cluster;
 pub mod cni;
 pub mod dataplane;
+pub mod failpoint;
 pub mod ipam;
 pub mod plugin;
 pub mod runtime;

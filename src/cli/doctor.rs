@@ -101,7 +101,9 @@ pub fn run(path: Option<PathBuf>, conf: Result<NetConf, String>) -> Report {
                     .as_ref()
                     .map(|c| c.api_endpoints.clone())
                     .unwrap_or_default();
-                match cluster::probe_blocking(kube, &node, &endpoints) {
+                match crate::runtime::block_on(async {
+                    Ok(cluster::client::probe_each(kube, &node, &endpoints).await)
+                }) {
                     Ok(probes) => {
                         let list: Vec<ApiProbe> = probes
                             .into_iter()

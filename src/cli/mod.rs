@@ -177,7 +177,9 @@ fn sync(args: &[String]) -> i32 {
         }
     };
     logging::init(conf.log_file.as_deref(), &conf.log_level);
-    match crate::cluster::refresh(&conf) {
+    let refreshed = crate::cluster::kube_conf(&conf)
+        .and_then(|kube| crate::runtime::block_on(crate::cluster::refresh(kube, &conf.state_dir)));
+    match refreshed {
         Ok(Ok(info)) => {
             let cidrs: Vec<String> = info.pod_cidrs.iter().map(|c| c.to_string()).collect();
             let eps: Vec<String> = info.api_endpoints.iter().map(|e| e.to_string()).collect();

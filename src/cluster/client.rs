@@ -4,7 +4,7 @@
 //! the runtime's, not ours.
 
 use super::ClusterInfo;
-use crate::cni::config::KubeConf;
+use super::KubeConf;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use ipnetwork::IpNetwork;

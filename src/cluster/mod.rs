@@ -6,12 +6,15 @@
 
 pub mod cache;
 pub mod client;
+pub mod conf;
 
-use crate::cni::config::{KubeConf, USE_POD_CIDR};
+use crate::cni::config::USE_POD_CIDR;
 use crate::cni::{Error, NetConf, Result};
+pub use conf::KubeConf;
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
+use std::path::Path;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -63,16 +66,15 @@ pub fn kube_conf(conf: &NetConf) -> Result<&KubeConf> {
 }
 
 /// Cluster info for ADD, by the rule in the module doc.
-pub fn for_add(conf: &NetConf) -> Result<ClusterInfo> {
-    let kube = kube_conf(conf)?;
+pub async fn for_add(kube: &KubeConf, state_dir: &Path) -> Result<ClusterInfo> {
     let node = node_name(kube)?;
-    let cached = match cache::load(&conf.state_dir, &node) {
+    let cached = match cache::load(state_dir, &node) {
         Ok(c) => Some(c),
         Err(cache::Unusable::Missing) => None,
         Err(why) => {
             tracing::warn!(
                 "cluster-info cache {}: {why}",
-                cache::path(&conf.state_dir).display()
+                cache::path(state_dir).display()
             );
             None
         }
@@ -86,9 +88,9 @@ pub fn for_add(conf: &NetConf) -> Result<ClusterInfo> {
         .as_ref()
         .map(|c| c.api_endpoints.clone())
         .unwrap_or_default();
-    match fetch_blocking(kube, &node, &endpoints)? {
+    match client::fetch(kube, &node, &endpoints).await {
         Ok(info) => {
-            if let Err(e) = cache::store(&conf.state_dir, &info) {
+            if let Err(e) = cache::store(state_dir, &info) {
                 tracing::warn!("could not write the cluster-info cache: {e}");
             }
             Ok(info)
@@ -119,40 +121,23 @@ pub fn for_add(conf: &NetConf) -> Result<ClusterInfo> {
 }
 
 /// Fetches now, ignoring the cache's age (`holdfast sync`); stores what it got.
-pub fn refresh(conf: &NetConf) -> Result<std::result::Result<ClusterInfo, Vec<client::Attempt>>> {
-    let kube = kube_conf(conf)?;
+pub async fn refresh(
+    kube: &KubeConf,
+    state_dir: &Path,
+) -> Result<std::result::Result<ClusterInfo, Vec<client::Attempt>>> {
     let node = node_name(kube)?;
-    let endpoints = cache::load(&conf.state_dir, &node)
+    let endpoints = cache::load(state_dir, &node)
         .map(|c| c.api_endpoints)
         .unwrap_or_default();
-    let r = fetch_blocking(kube, &node, &endpoints)?;
+    let r = client::fetch(kube, &node, &endpoints).await;
     if let Ok(info) = &r {
-        cache::store(&conf.state_dir, info)?;
+        cache::store(state_dir, info)?;
     }
     Ok(r)
 }
 
 /// Cached podCIDRs only, whatever their age: for verbs that must not contact the API.
-pub fn cached_pod_cidrs(conf: &NetConf) -> Option<Vec<IpNetwork>> {
-    let node = node_name(conf.kubernetes.as_ref()?).ok()?;
-    cache::load(&conf.state_dir, &node)
-        .ok()
-        .map(|c| c.pod_cidrs)
-}
-
-/// [`client::probe_each`] on a runtime of its own (for `doctor`).
-pub fn probe_blocking(
-    kube: &KubeConf,
-    node: &str,
-    endpoints: &[SocketAddr],
-) -> Result<Vec<(String, std::result::Result<(), String>)>> {
-    crate::runtime::block_on(async { Ok(client::probe_each(kube, node, endpoints).await) })
-}
-
-fn fetch_blocking(
-    kube: &KubeConf,
-    node: &str,
-    endpoints: &[SocketAddr],
-) -> Result<std::result::Result<ClusterInfo, Vec<client::Attempt>>> {
-    crate::runtime::block_on(async { Ok(client::fetch(kube, node, endpoints).await) })
+pub fn cached_pod_cidrs(kube: &KubeConf, state_dir: &Path) -> Option<Vec<IpNetwork>> {
+    let node = node_name(kube).ok()?;
+    cache::load(state_dir, &node).ok().map(|c| c.pod_cidrs)
 }

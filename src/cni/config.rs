@@ -3,6 +3,8 @@
 use super::error::{Error, Result};
 use super::result::{CniResult, Dns};
 use super::version::Version;
+// Temporary upward import: holdfast's own schema leaves cni/ (issue 8, typed configuration).
+use crate::cluster::conf::KubeConf;
 use serde::Deserialize;
 use serde_json::Value;
 use std::net::IpAddr;
@@ -66,26 +68,6 @@ pub const USE_POD_CIDR: &str = "usePodCidr";
 pub struct RouteConf {
     pub dst: String,
     pub gw: Option<IpAddr>,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct KubeConf {
-    pub kubeconfig: PathBuf,
-    pub node_name: Option<String>,
-    #[serde(default = "default_timeout_ms")]
-    pub timeout_ms: u64,
-    #[serde(default = "default_refresh")]
-    pub refresh_seconds: u64,
-    #[serde(default)]
-    pub max_stale_seconds: u64,
-}
-
-fn default_timeout_ms() -> u64 {
-    2000
-}
-fn default_refresh() -> u64 {
-    60
 }
 
 #[derive(Deserialize)]

@@ -41,7 +41,8 @@ pub fn add(env: &Env, conf: &NetConf) -> Result<Value> {
     let plan = match plan {
         Some(p) => p,
         None => {
-            let info = crate::cluster::for_add(conf)?;
+            let kube = crate::cluster::kube_conf(conf)?;
+            let info = crate::runtime::block_on(crate::cluster::for_add(kube, &conf.state_dir))?;
             Plan::new(conf, Some(&info.pod_cidrs))?
         }
     };

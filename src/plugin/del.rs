@@ -46,7 +46,10 @@ pub fn del(env: &Env, conf: &NetConf) -> Result<()> {
             // No record (ADD never finished, or a second DEL): ask the delegate anyway with this
             // config; it releases by container ID and ifname.
             Some(plugin) => {
-                let cidrs = crate::cluster::cached_pod_cidrs(conf);
+                let cidrs = conf
+                    .kubernetes
+                    .as_ref()
+                    .and_then(|k| crate::cluster::cached_pod_cidrs(k, &conf.state_dir));
                 let stdin = ipam::delegate_stdin(conf, cidrs.as_deref())
                     .unwrap_or_else(|_| conf.raw.to_string().into_bytes());
                 if let Err(e) = run_delegate_del(env, plugin, &stdin) {

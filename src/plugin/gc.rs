@@ -117,7 +117,10 @@ pub fn gc(env: &Env, conf: &NetConf) -> Result<()> {
 
     // GC never asks the API: `usePodCidr` comes from the cache.
     if let Some(plugin) = conf.ipam.delegate() {
-        let cidrs = crate::cluster::cached_pod_cidrs(conf);
+        let cidrs = conf
+            .kubernetes
+            .as_ref()
+            .and_then(|k| crate::cluster::cached_pod_cidrs(k, &conf.state_dir));
         if let Err(e) = ipam::pass_on(env, conf, plugin, "GC", cidrs.as_deref()) {
             errors.push(e.to_string());
         }

@@ -16,10 +16,12 @@ pub fn status(env: &Env, conf: &NetConf) -> Result<()> {
     .map_err(|e| Error::NotAvailable(format!("stateDir {} is not writable: {e}", dir.display())))?;
     // podCIDRs from the cache; only without one does STATUS have to ask the API.
     let cidrs = if crate::cluster::needs_pod_cidrs(conf) {
-        match crate::cluster::cached_pod_cidrs(conf) {
+        let kube =
+            crate::cluster::kube_conf(conf).map_err(|e| Error::NotAvailable(e.to_string()))?;
+        match crate::cluster::cached_pod_cidrs(kube, dir) {
             Some(c) => Some(c),
             None => Some(
-                crate::cluster::for_add(conf)
+                crate::runtime::block_on(crate::cluster::for_add(kube, dir))
                     .map_err(|e| Error::NotAvailable(format!("node podCIDRs unknown: {e}")))?
                     .pod_cidrs,
             ),
