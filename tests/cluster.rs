@@ -36,7 +36,7 @@ fn cluster(cidrs: &[&str], slices: bool) -> Cluster {
 }
 
 fn setup(test: &str, vip: Vip) -> Option<Env> {
-    let w = World::new(test)?;
+    let w = World::new(test);
     let mut w = w;
     ip(&[
         "-n",
@@ -186,6 +186,7 @@ fn first_ip(r: &Value) -> String {
 }
 
 #[test]
+#[ignore = "needs root (network namespaces): run with --include-ignored as root"]
 fn fresh_cache_makes_no_request_and_del_check_gc_never_do() {
     let Some(mut e) = setup("fresh_cache_makes_no_request", Vip::Serve) else {
         return;
@@ -246,6 +247,7 @@ fn fresh_cache_makes_no_request_and_del_check_gc_never_do() {
 }
 
 #[test]
+#[ignore = "needs root (network namespaces): run with --include-ignored as root"]
 fn black_holed_vip_is_bypassed_through_the_real_endpoint() {
     let Some(mut e) = setup("black_holed_vip_is_bypassed", Vip::BlackHole) else {
         return;
@@ -276,6 +278,7 @@ fn black_holed_vip_is_bypassed_through_the_real_endpoint() {
 }
 
 #[test]
+#[ignore = "needs root (network namespaces): run with --include-ignored as root"]
 fn every_api_failure_falls_back_to_the_cache() {
     let Some(mut e) = setup("every_api_failure_falls_back", Vip::Serve) else {
         return;
@@ -368,6 +371,7 @@ fn every_api_failure_falls_back_to_the_cache() {
 }
 
 #[test]
+#[ignore = "needs root (network namespaces): run with --include-ignored as root"]
 fn refused_and_untrusted_apis_fall_back_too() {
     let Some(mut e) = setup("refused_and_untrusted_apis_fall_back", Vip::Refuse) else {
         return;
@@ -401,6 +405,7 @@ fn refused_and_untrusted_apis_fall_back_too() {
 }
 
 #[test]
+#[ignore = "needs root (network namespaces): run with --include-ignored as root"]
 fn no_usable_cache_fails_with_11_and_leaves_nothing() {
     let Some(mut e) = setup("no_usable_cache_fails_with_11", Vip::BlackHole) else {
         return;
@@ -429,6 +434,7 @@ fn no_usable_cache_fails_with_11_and_leaves_nothing() {
 }
 
 #[test]
+#[ignore = "needs root (network namespaces): run with --include-ignored as root"]
 fn corrupt_cache_is_reported_and_replaced() {
     let Some(mut e) = setup("corrupt_cache_is_reported_and_replaced", Vip::Serve) else {
         return;
@@ -457,6 +463,7 @@ fn corrupt_cache_is_reported_and_replaced() {
 }
 
 #[test]
+#[ignore = "needs root (network namespaces): run with --include-ignored as root"]
 fn rotated_token_file_is_read_on_every_run_and_never_logged() {
     let Some(mut e) = setup("rotated_token_file_is_read_on_every_run", Vip::Serve) else {
         return;
@@ -501,6 +508,7 @@ fn rotated_token_file_is_read_on_every_run_and_never_logged() {
 }
 
 #[test]
+#[ignore = "needs root (network namespaces): run with --include-ignored as root"]
 fn client_certificates_authenticate() {
     let Some(mut e) = setup("client_certificates_authenticate", Vip::Serve) else {
         return;
@@ -525,6 +533,7 @@ fn client_certificates_authenticate() {
 }
 
 #[test]
+#[ignore = "needs root (network namespaces): run with --include-ignored as root"]
 fn sync_reports_what_it_fetched_and_old_apiservers_use_endpoints() {
     let Some(e) = setup("sync_reports_what_it_fetched", Vip::Refuse) else {
         return;
@@ -564,6 +573,7 @@ fn sync_reports_what_it_fetched_and_old_apiservers_use_endpoints() {
 }
 
 #[test]
+#[ignore = "needs root (network namespaces): run with --include-ignored as root"]
 fn delegated_ipam_gets_the_pod_cidr_and_del_needs_no_api() {
     let Some(mut e) = setup("delegated_ipam_gets_the_pod_cidr", Vip::Serve) else {
         return;
@@ -612,6 +622,7 @@ fn doctor(e: &Env, conf: &Value) -> (i32, Value, String) {
 }
 
 #[test]
+#[ignore = "needs root (network namespaces): run with --include-ignored as root"]
 fn doctor_reports_api_paths_cache_usage_and_leftovers() {
     let Some(mut e) = setup(
         "doctor_reports_api_paths_cache_usage_and_leftovers",
@@ -686,6 +697,7 @@ fn doctor_reports_api_paths_cache_usage_and_leftovers() {
 }
 
 #[test]
+#[ignore = "needs root (network namespaces): run with --include-ignored as root"]
 fn doctor_is_quiet_when_all_is_well() {
     let Some(mut e) = setup("doctor_is_quiet_when_all_is_well", Vip::Serve) else {
         return;

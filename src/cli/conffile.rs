@@ -2,6 +2,7 @@
 //! subcommands that run outside a runtime.
 
 use crate::cni::{Error, NetConf, Result};
+use crate::plugin::conf::Conf;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -9,7 +10,7 @@ pub const DEFAULT_CONF_DIR: &str = "/etc/cni/net.d";
 
 /// Loads holdfast's plugin config from `path`, or from the first file in the CNI config
 /// directory (sorted, as runtimes pick) that has one.
-pub fn load(path: Option<&Path>) -> Result<(PathBuf, NetConf)> {
+pub fn load(path: Option<&Path>) -> Result<(PathBuf, Conf)> {
     let candidates: Vec<PathBuf> = match path {
         Some(p) => vec![p.to_path_buf()],
         None => {
@@ -40,7 +41,7 @@ pub fn load(path: Option<&Path>) -> Result<(PathBuf, NetConf)> {
     }))
 }
 
-fn from_file(p: &Path) -> Result<NetConf> {
+fn from_file(p: &Path) -> Result<Conf> {
     let bytes = std::fs::read(p).map_err(|e| Error::io(format!("reading {}", p.display()), e))?;
     let v: Value =
         serde_json::from_slice(&bytes).map_err(|e| Error::decode(p.display().to_string(), e))?;
@@ -69,6 +70,5 @@ fn from_file(p: &Path) -> Result<NetConf> {
             )));
         }
     };
-    let bytes = serde_json::to_vec(&plugin).map_err(|e| Error::Internal(e.to_string()))?;
-    NetConf::parse(&bytes)
+    Conf::from_net(NetConf::from_value(plugin)?)
 }

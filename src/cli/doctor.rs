@@ -1,11 +1,10 @@
 //! `holdfast doctor`: what an operator needs to know during an incident, from this node alone.
 
 use crate::cluster::{self, cache};
-use crate::cni::NetConf;
-use crate::dataplane::netns::block_on_netlink;
 use crate::dataplane::{link, names};
 use crate::ipam::range;
 use crate::ipam::store::Store;
+use crate::plugin::conf::Conf;
 use crate::state;
 use serde::Serialize;
 use std::collections::HashSet;
@@ -73,7 +72,7 @@ pub struct Attachment {
 }
 
 /// Builds the report; `conf` is what was loaded, or the error loading it.
-pub fn run(path: Option<PathBuf>, conf: Result<NetConf, String>) -> Report {
+pub fn run(path: Option<PathBuf>, conf: Result<Conf, String>) -> Report {
     let mut r = Report {
         config: ConfigReport {
             path,
@@ -88,7 +87,7 @@ pub fn run(path: Option<PathBuf>, conf: Result<NetConf, String>) -> Report {
             return r;
         }
     };
-    r.config.network = Some(conf.name.clone());
+    r.config.network = Some(conf.name().to_string());
     r.config.state_dir = Some(conf.state_dir.clone());
 
     let mut pod_cidrs = None;
@@ -165,9 +164,13 @@ pub fn run(path: Option<PathBuf>, conf: Result<NetConf, String>) -> Report {
 
     // IPAM usage, per range set.
     if conf.ipam.delegate().is_none() {
-        match range::resolve(&conf.ipam.ranges, pod_cidrs.as_deref()) {
+        match conf
+            .ipam
+            .expanded_ranges(pod_cidrs.as_deref())
+            .and_then(|r| range::resolve(&r))
+        {
             Ok(sets) => {
-                let leases = leases(&conf.state_dir, &conf.name);
+                let leases = leases(&conf.state_dir, conf.name());
                 for set in sets {
                     let cap: u128 = set.iter().map(|x| x.capacity()).sum();
                     let used = leases
@@ -203,7 +206,7 @@ pub fn run(path: Option<PathBuf>, conf: Result<NetConf, String>) -> Report {
             r.attachments += 1;
             owned.extend(rec.host_ifname.iter().cloned());
             owned.extend(rec.ifb.iter().cloned());
-            if net == conf.name {
+            if net == conf.name() {
                 owners.insert((rec.container_id.clone(), rec.ifname.clone()));
             }
             if let Some(ns) = &rec.netns
@@ -222,7 +225,10 @@ pub fn run(path: Option<PathBuf>, conf: Result<NetConf, String>) -> Report {
             }
         }
     }
-    match block_on_netlink(|h| async move { link::all(&h).await }) {
+    match crate::runtime::block_on(async {
+        let host = crate::dataplane::Host::connect()?;
+        link::all(&host).await
+    }) {
         Ok(links) => {
             for l in links
                 .into_iter()
@@ -237,7 +243,7 @@ pub fn run(path: Option<PathBuf>, conf: Result<NetConf, String>) -> Report {
         }
         Err(e) => r.attention.push(format!("listing links: {e}")),
     }
-    for (ip, o) in leases(&conf.state_dir, &conf.name) {
+    for (ip, o) in leases(&conf.state_dir, conf.name()) {
         if !owners.contains(&(o.container_id.clone(), o.ifname.clone())) {
             r.attention.push(format!(
                 "lease {ip} of {}/{} has no attachment record (a crashed ADD; DEL or GC releases it)",

@@ -2,17 +2,22 @@
 //! one result (or error JSON) to stdout and picks the exit code.
 
 mod conffile;
-pub mod doctor;
+mod doctor;
 mod logging;
 
+use crate::cni::config::{config_version, read_json};
 use crate::cni::version::{LATEST, SUPPORTED};
 use crate::cni::{Command, Env, Error, NetConf, Result};
-use crate::plugin;
+use crate::plugin::{self, Request, conf::Conf};
 use serde_json::Value;
 use std::io::{Read, Write};
 
 pub const NAME: &str = "holdfast";
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The most stdin a runtime can reasonably send (a conflist entry with a prevResult): more is
+/// an error, not memory.
+const MAX_STDIN: u64 = 4 << 20;
 
 /// Entry point; returns the process exit code.
 pub fn main() -> i32 {
@@ -61,26 +66,47 @@ fn print_json(v: &Value) -> std::io::Result<()> {
     out.flush()
 }
 
+/// Reads at most `limit` bytes; more is code 5 naming the limit.
+fn read_bounded(r: impl Read, limit: u64, what: &str) -> Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    r.take(limit.saturating_add(1))
+        .read_to_end(&mut buf)
+        .map_err(|e| Error::io(format!("reading {what}"), e))?;
+    if u64::try_from(buf.len()).unwrap_or(u64::MAX) > limit {
+        return Err(Error::io(
+            format!("reading {what}"),
+            std::io::Error::other(format!("more than {limit} bytes")),
+        ));
+    }
+    Ok(buf)
+}
+
+/// The CNI skeleton: the environment and stdin are read once, stdin is parsed once (its
+/// `cniVersion` is kept for an error reply), the typed request is built, and the one runtime
+/// of the process runs it.
 fn cni_main(version: &mut String) -> Result<Option<Value>> {
-    let env = Env::from_lookup(|k| std::env::var(k).ok())?;
+    let env = Env::from_lookup(|k| std::env::var_os(k))?;
+    let stdin = read_bounded(
+        std::io::stdin().lock(),
+        MAX_STDIN,
+        "the network config from stdin",
+    )?;
     if env.command == Command::Version {
-        return plugin::dispatch(&env, None);
+        // VERSION's stdin is just `{"cniVersion": …}`; answer in it when it is one we speak.
+        let v = read_json(&stdin)
+            .ok()
+            .and_then(|raw| config_version(&raw).ok());
+        return Ok(Some(plugin::version_json(v)));
     }
-    let mut stdin = Vec::new();
-    std::io::stdin()
-        .read_to_end(&mut stdin)
-        .map_err(|e| Error::io("reading the network config from stdin", e))?;
-    if let Some(v) = serde_json::from_slice::<Value>(&stdin).ok().and_then(|v| {
-        v.get("cniVersion")
-            .and_then(Value::as_str)
-            .map(String::from)
-    }) {
-        *version = v;
+    let raw = read_json(&stdin)?;
+    if let Some(v) = raw.get("cniVersion").and_then(Value::as_str) {
+        *version = v.to_string();
     }
-    let conf = NetConf::parse(&stdin)?;
-    logging::init(conf.log_file.as_deref(), &conf.log_level);
+    let conf = Conf::from_net(NetConf::from_value(raw)?)?;
+    logging::init(conf.log_file.as_deref(), conf.log_level.as_str());
     tracing::debug!(command = ?env.command, container = %env.container_id, ifname = %env.ifname, "start");
-    plugin::dispatch(&env, Some(&conf))
+    let request = Request::new(env, conf)?;
+    crate::runtime::block_on(plugin::run(request))
 }
 
 fn about() -> String {
@@ -144,7 +170,8 @@ fn doctor_cmd(args: &[String]) -> i32 {
     };
     if let Ok(c) = &conf {
         // Logs stay out of the report: only errors, on stderr.
-        logging::init(None, if c.log_level == "off" { "off" } else { "error" });
+        let off = c.log_level == crate::plugin::conf::LogLevel::Off;
+        logging::init(None, if off { "off" } else { "error" });
     }
     let report = doctor::run(file, conf);
     if flags.iter().any(|f| f == "--json") {
@@ -176,8 +203,9 @@ fn sync(args: &[String]) -> i32 {
             return 1;
         }
     };
-    logging::init(conf.log_file.as_deref(), &conf.log_level);
-    let refreshed = crate::cluster::kube_conf(&conf)
+    logging::init(conf.log_file.as_deref(), conf.log_level.as_str());
+    let refreshed = conf
+        .kube()
         .and_then(|kube| crate::runtime::block_on(crate::cluster::refresh(kube, &conf.state_dir)));
     match refreshed {
         Ok(Ok(info)) => {

@@ -8,8 +8,7 @@ pub mod cache;
 pub mod client;
 pub mod conf;
 
-use crate::cni::config::USE_POD_CIDR;
-use crate::cni::{Error, NetConf, Result};
+use crate::cni::{Error, Result};
 pub use conf::KubeConf;
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
@@ -34,15 +33,6 @@ impl ClusterInfo {
     }
 }
 
-/// True when the config needs the node's podCIDRs.
-pub fn needs_pod_cidrs(conf: &NetConf) -> bool {
-    conf.ipam
-        .ranges
-        .iter()
-        .flatten()
-        .any(|r| r.subnet == USE_POD_CIDR)
-}
-
 pub fn node_name(kube: &KubeConf) -> Result<String> {
     if let Some(n) = kube.node_name.as_ref().filter(|n| !n.is_empty()) {
         return Ok(n.clone());
@@ -55,14 +45,6 @@ pub fn node_name(kube: &KubeConf) -> Result<String> {
         })?
         .into_string()
         .map_err(|_| Error::config("kubernetes.nodeName is not set and the host name is not UTF-8"))
-}
-
-pub fn kube_conf(conf: &NetConf) -> Result<&KubeConf> {
-    conf.kubernetes.as_ref().ok_or_else(|| {
-        Error::config(format!(
-            "ipam uses {USE_POD_CIDR} but no \"kubernetes\" section is configured"
-        ))
-    })
 }
 
 /// Cluster info for ADD, by the rule in the module doc.

@@ -1,167 +1,142 @@
-//! The network configuration a runtime sends on stdin.
+//! The network configuration a runtime sends on stdin: the part every CNI plugin shares
+//! (`cniVersion`, `name`, `prevResult`), and the two ways of reading the rest that the protocol
+//! needs: typed, naming the key at fault (code 7), and with keys matched case-insensitively, as
+//! Go's decoder (and so every reference plugin and runtime) does. holdfast's own keys are typed
+//! next to the code that owns them.
 
 use super::error::{Error, Result};
-use super::result::{CniResult, Dns};
+use super::result::CniResult;
 use super::version::Version;
-// Temporary upward import: holdfast's own schema leaves cni/ (issue 8, typed configuration).
-use crate::cluster::conf::KubeConf;
-use serde::Deserialize;
-use serde_json::Value;
-use std::net::IpAddr;
-use std::path::PathBuf;
+use serde::de::{DeserializeOwned, Deserializer};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/cni/holdfast";
-
-/// The plugin's configuration, parsed and checked.
+/// The protocol part of a plugin's configuration, parsed and checked.
 #[derive(Clone, Debug)]
 pub struct NetConf {
     pub version: Version,
     pub name: String,
-    pub plugin_type: String,
-    pub mtu: Option<u32>,
-    pub state_dir: PathBuf,
-    pub log_file: Option<PathBuf>,
-    pub log_level: String,
-    pub ipam: IpamConf,
-    pub dns: Dns,
-    pub kubernetes: Option<KubeConf>,
     pub prev_result: Option<CniResult>,
-    /// The config exactly as received, for delegation and for keys read case-insensitively.
+    /// The config exactly as received: what a delegated plugin is given, and what the plugin's
+    /// own keys are read from.
     pub raw: Value,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct IpamConf {
-    /// `None` or `holdfast`: the built-in allocator; anything else is a plugin in `CNI_PATH`.
-    #[serde(rename = "type")]
-    pub kind: Option<String>,
-    #[serde(default)]
-    pub ranges: Vec<Vec<RangeConf>>,
-    #[serde(default)]
-    pub routes: Vec<RouteConf>,
-}
-
-impl IpamConf {
-    /// The delegated IPAM plugin's name, or `None` for the built-in allocator.
-    pub fn delegate(&self) -> Option<&str> {
-        match self.kind.as_deref() {
-            None | Some("") | Some("holdfast") => None,
-            Some(other) => Some(other),
-        }
+/// Stdin as JSON (code 6 when it is not); the first step of parsing, so that the caller knows
+/// the `cniVersion` to answer an error in even when a later check fails.
+pub fn read_json(bytes: &[u8]) -> Result<Value> {
+    let raw: Value =
+        serde_json::from_slice(bytes).map_err(|e| Error::decode("network config", e))?;
+    if !raw.is_object() {
+        return Err(Error::decode("network config", "not a JSON object"));
     }
-}
-
-#[derive(Clone, Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RangeConf {
-    /// A CIDR, or `usePodCidr` for the node's podCIDRs.
-    pub subnet: String,
-    pub range_start: Option<IpAddr>,
-    pub range_end: Option<IpAddr>,
-    pub gateway: Option<IpAddr>,
-}
-
-pub const USE_POD_CIDR: &str = "usePodCidr";
-
-#[derive(Clone, Debug, Deserialize)]
-pub struct RouteConf {
-    pub dst: String,
-    pub gw: Option<IpAddr>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Wire {
-    #[serde(rename = "type", default)]
-    plugin_type: String,
-    mtu: Option<u32>,
-    state_dir: Option<PathBuf>,
-    log_file: Option<PathBuf>,
-    log_level: Option<String>,
-    #[serde(default)]
-    ipam: Option<IpamConf>,
-    #[serde(default)]
-    dns: Option<Dns>,
-    kubernetes: Option<KubeConf>,
+    Ok(raw)
 }
 
 impl NetConf {
-    /// Parses stdin. Checks, in the order libcni's skel does: JSON (6), name (7),
-    /// version (1), then every key (7, naming it).
-    pub fn parse(bytes: &[u8]) -> Result<NetConf> {
-        let raw: Value =
-            serde_json::from_slice(bytes).map_err(|e| Error::decode("network config", e))?;
-        if !raw.is_object() {
-            return Err(Error::decode("network config", "not a JSON object"));
-        }
+    /// Checks, in the order libcni's skel does: name (7), version (1), then `prevResult` (7).
+    pub fn from_value(raw: Value) -> Result<NetConf> {
         let name = match raw.get("name") {
             Some(Value::String(s)) if !s.is_empty() => s.clone(),
             _ => return Err(Error::config("missing network name (key \"name\")")),
         };
         validate_network_name(&name)?;
         let version = config_version(&raw)?;
-        let wire: Wire = serde_path_to_error::deserialize(&raw)
-            .map_err(|e| Error::config(format!("key {:?}: {}", e.path().to_string(), e.inner())))?;
-        if let Some(mtu) = wire.mtu
-            && !(68..=65535).contains(&mtu)
-        {
-            return Err(Error::config(format!("mtu {mtu} out of range 68..65535")));
-        }
         let prev_result = match raw.get("prevResult") {
             None | Some(Value::Null) => None,
             Some(v) => Some(
                 CniResult::from_value(v).map_err(|e| Error::config(format!("prevResult: {e}")))?,
             ),
         };
-        let log_level = wire.log_level.unwrap_or_else(|| "info".into());
-        if !["error", "warn", "info", "debug", "trace", "off"].contains(&log_level.as_str()) {
-            return Err(Error::config(format!(
-                "logLevel {log_level:?} is not one of error, warn, info, debug, trace, off"
-            )));
-        }
-        let state_dir = wire.state_dir.unwrap_or_else(|| DEFAULT_STATE_DIR.into());
-        if !state_dir.is_absolute() {
-            return Err(Error::config(format!(
-                "stateDir {} is not absolute",
-                state_dir.display()
-            )));
-        }
         Ok(NetConf {
             version,
             name,
-            plugin_type: wire.plugin_type,
-            mtu: wire.mtu,
-            state_dir,
-            log_file: wire.log_file,
-            log_level,
-            ipam: wire.ipam.unwrap_or_default(),
-            dns: wire.dns.unwrap_or_default(),
-            kubernetes: wire.kubernetes,
             prev_result,
             raw,
         })
     }
 
-    /// A top-level key, matched case-insensitively as Go's decoder does.
-    pub fn get_ci(&self, key: &str) -> Option<&Value> {
-        get_ci(&self.raw, key)
+    /// Parses a whole config from bytes.
+    pub fn parse(bytes: &[u8]) -> Result<NetConf> {
+        NetConf::from_value(read_json(bytes)?)
     }
 
-    /// `runtimeConfig.<key>`, both matched case-insensitively.
-    pub fn runtime_config(&self, key: &str) -> Option<&Value> {
-        get_ci(self.get_ci("runtimeConfig")?, key)
+    /// The config's top level as `T`, keys matched case-insensitively: `T`'s fields are named in
+    /// lower case. A wrong type is code 7 naming the key as the config spelled it.
+    pub fn typed<T: DeserializeOwned>(&self) -> Result<T> {
+        let lowered = lower_keys(&self.raw);
+        serde_path_to_error::deserialize(&lowered).map_err(|e| {
+            let path = e.path().to_string();
+            let (first, rest) = path.split_once('.').unwrap_or((&path, ""));
+            let original = self
+                .raw
+                .as_object()
+                .and_then(|m| m.keys().find(|k| k.to_ascii_lowercase() == first))
+                .map(String::as_str)
+                .unwrap_or(first);
+            let key = if rest.is_empty() {
+                original.to_string()
+            } else {
+                format!("{original}.{rest}")
+            };
+            Error::config(format!("key {key:?}: {}", e.inner()))
+        })
     }
 }
 
-/// Looks `key` up in a JSON object: exact match first, then case-insensitive.
-pub fn get_ci<'a>(v: &'a Value, key: &str) -> Option<&'a Value> {
-    let m = v.as_object()?;
-    m.get(key).or_else(|| {
-        m.iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(key))
-            .map(|(_, v)| v)
-    })
+/// An object's keys in lower case. Where two keys differ only in case, the one that sorts last
+/// wins: the camelCase spelling (`ingressRate`) over a capitalised one (`IngressRate`).
+fn lower_keys(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                .collect::<Map<String, Value>>(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// `T` read from a JSON object whose keys are matched case-insensitively (containerd sends
+/// `runtimeConfig.bandwidth.IngressRate`, the upstream tests `bandWidth`): `T`'s fields are named
+/// in lower case.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CaseInsensitive<T>(pub T);
+
+impl<'de, T: DeserializeOwned> Deserialize<'de> for CaseInsensitive<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let v = Value::deserialize(d)?;
+        T::deserialize(lower_keys(&v))
+            .map(CaseInsensitive)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// A value whose decoding error is kept for the verb that needs the value instead of failing the
+/// whole config: a bad bandwidth limit fails ADD with code 7, but must never stop the DEL that
+/// cleans up after that failed ADD.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Lenient<T>(pub std::result::Result<T, String>);
+
+impl<T> Default for Lenient<T> {
+    fn default() -> Self {
+        Lenient(Err("absent".into()))
+    }
+}
+
+impl<'de, T: DeserializeOwned> Deserialize<'de> for Lenient<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let v = Value::deserialize(d)?;
+        Ok(Lenient(T::deserialize(v).map_err(|e| e.to_string())))
+    }
+}
+
+/// One attachment as a runtime names it (GC's `cni.dev/valid-attachments`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachmentId {
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    pub ifname: String,
 }
 
 /// The config's `cniVersion`: missing means 0.1.0 to libcni, which we do not speak.
@@ -201,6 +176,7 @@ mod tests {
     #[test]
     fn parse_errors_in_skel_order() {
         assert_eq!(NetConf::parse(b"{not json").unwrap_err().code(), 6);
+        assert_eq!(NetConf::parse(b"[1]").unwrap_err().code(), 6);
         assert_eq!(
             NetConf::parse(br#"{"cniVersion":"1.0.0"}"#)
                 .unwrap_err()
@@ -220,29 +196,41 @@ mod tests {
                 .code(),
             7
         );
-        let e = NetConf::parse(br#"{"name":"n","cniVersion":"1.0.0","mtu":"big"}"#).unwrap_err();
+        let e = NetConf::parse(br#"{"name":"n","cniVersion":"1.0.0","prevResult":{"ips":3}}"#)
+            .unwrap_err();
         assert_eq!(e.code(), 7);
-        assert!(e.to_string().contains("mtu"), "{e}");
-        let e =
-            NetConf::parse(br#"{"name":"n","cniVersion":"1.0.0","stateDir":"rel"}"#).unwrap_err();
-        assert!(e.to_string().contains("stateDir"));
+    }
+
+    #[derive(Deserialize, Debug)]
+    struct Keys {
+        #[serde(rename = "ingressrate")]
+        ingress_rate: Option<u64>,
+        #[serde(rename = "runtimeconfig", default)]
+        runtime: Option<CaseInsensitive<Inner>>,
+    }
+    #[derive(Deserialize, Debug, Default, PartialEq)]
+    struct Inner {
+        #[serde(rename = "bandwidth")]
+        bandwidth: Option<Lenient<u64>>,
     }
 
     #[test]
-    fn parses_full_config() {
+    fn keys_match_case_insensitively_and_errors_name_them() {
         let c = NetConf::parse(
-            br#"{"cniVersion":"1.1.0","name":"pods","type":"holdfast","mtu":1400,
-                 "ipam":{"ranges":[[{"subnet":"10.1.0.0/24"}]],"routes":[{"dst":"0.0.0.0/0"}]},
-                 "dns":{"nameservers":["10.43.0.10"]},
-                 "runtimeConfig":{"bandWidth":{"ingressRate":1000}},
-                 "kubernetes":{"kubeconfig":"/k"}}"#,
+            br#"{"cniVersion":"1.0.0","name":"n","IngressRate":7,"runtimeConfig":{"bandWidth":"x"}}"#,
         )
         .unwrap();
-        assert_eq!(c.version, Version::V1_1_0);
-        assert_eq!(c.ipam.ranges[0][0].subnet, "10.1.0.0/24");
-        assert!(c.ipam.delegate().is_none());
-        assert_eq!(c.kubernetes.as_ref().unwrap().timeout_ms, 2000);
-        assert!(c.runtime_config("bandwidth").is_some());
-        assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+        let k: Keys = c.typed().unwrap();
+        assert_eq!(k.ingress_rate, Some(7));
+        let inner = k.runtime.unwrap().0;
+        assert!(
+            inner.bandwidth.unwrap().0.is_err(),
+            "lenient keeps the error"
+        );
+        let c =
+            NetConf::parse(br#"{"cniVersion":"1.0.0","name":"n","ingressRate":"fast"}"#).unwrap();
+        let e = c.typed::<Keys>().unwrap_err();
+        assert_eq!(e.code(), 7);
+        assert!(e.to_string().contains("\"ingressRate\""), "{e}");
     }
 }

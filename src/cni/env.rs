@@ -4,7 +4,18 @@
 //! what is missing; identifiers are validated here, before anything is changed.
 
 use super::error::{Error, Result};
+use std::ffi::OsString;
 use std::path::PathBuf;
+
+/// The variables a runtime sets.
+const VARIABLES: &[&str] = &[
+    "CNI_COMMAND",
+    "CNI_CONTAINERID",
+    "CNI_NETNS",
+    "CNI_IFNAME",
+    "CNI_ARGS",
+    "CNI_PATH",
+];
 
 /// A CNI verb.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,15 +54,6 @@ impl Command {
     }
 }
 
-/// The Kubernetes identity of the pod, from `CNI_ARGS`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PodArgs {
-    pub namespace: Option<String>,
-    pub name: Option<String>,
-    pub uid: Option<String>,
-    pub infra_container_id: Option<String>,
-}
-
 /// Everything the runtime passed in the environment, validated.
 #[derive(Clone, Debug)]
 pub struct Env {
@@ -60,7 +62,6 @@ pub struct Env {
     /// `None` when unset or empty (DEL may legitimately omit it).
     pub netns: Option<PathBuf>,
     pub ifname: String,
-    pub pod: PodArgs,
     pub path: Vec<PathBuf>,
     /// The raw `CNI_ARGS`, passed on unchanged to delegated plugins.
     pub raw_args: String,
@@ -68,7 +69,21 @@ pub struct Env {
 
 impl Env {
     /// Reads the environment through `get` (so tests need not mutate the process environment).
-    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Env> {
+    /// A variable that is not UTF-8 is invalid (code 4), never taken as missing or empty.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<OsString>) -> Result<Env> {
+        let mut bad = Vec::new();
+        for k in VARIABLES {
+            if get(k).is_some_and(|v| v.to_str().is_none()) {
+                bad.push(*k);
+            }
+        }
+        if !bad.is_empty() {
+            return Err(Error::InvalidEnv(format!(
+                "env variables [{}] are not valid UTF-8",
+                bad.join(",")
+            )));
+        }
+        let get = |k: &str| get(k).and_then(|v| v.into_string().ok());
         let nonempty = |k: &str| get(k).filter(|v| !v.is_empty());
         let cmd_raw = nonempty("CNI_COMMAND").ok_or_else(|| {
             Error::InvalidEnv("required env variables [CNI_COMMAND] missing".into())
@@ -110,7 +125,7 @@ impl Env {
             )));
         }
         let raw_args = get("CNI_ARGS").unwrap_or_default();
-        let pod = parse_args(&raw_args)?;
+        parse_args(&raw_args)?;
         let path = nonempty("CNI_PATH")
             .map(|p| std::env::split_paths(&p).collect())
             .unwrap_or_default();
@@ -119,7 +134,6 @@ impl Env {
             container_id,
             netns,
             ifname,
-            pod,
             path,
             raw_args,
         })
@@ -166,10 +180,9 @@ pub fn validate_ifname(name: &str) -> Result<()> {
     }
 }
 
-/// Parses `K=V;K=V`. Keys other than the Kubernetes ones are an error unless
-/// `IgnoreUnknown` is `1` or `true`.
-pub fn parse_args(raw: &str) -> Result<PodArgs> {
-    let mut pod = PodArgs::default();
+/// Checks `K=V;K=V`. Keys other than the Kubernetes ones (`K8S_POD_*`, which holdfast accepts
+/// but does not need) are an error unless `IgnoreUnknown` is `1` or `true`.
+pub fn parse_args(raw: &str) -> Result<()> {
     let mut unknown = Vec::new();
     let mut ignore_unknown = false;
     for pair in raw.split(';').filter(|p| !p.is_empty()) {
@@ -177,10 +190,8 @@ pub fn parse_args(raw: &str) -> Result<PodArgs> {
             Error::InvalidEnv(format!("CNI_ARGS: {pair:?} is not of the form KEY=VALUE"))
         })?;
         match k {
-            "K8S_POD_NAMESPACE" => pod.namespace = Some(v.to_string()),
-            "K8S_POD_NAME" => pod.name = Some(v.to_string()),
-            "K8S_POD_UID" => pod.uid = Some(v.to_string()),
-            "K8S_POD_INFRA_CONTAINER_ID" => pod.infra_container_id = Some(v.to_string()),
+            "K8S_POD_NAMESPACE" | "K8S_POD_NAME" | "K8S_POD_UID" | "K8S_POD_INFRA_CONTAINER_ID" => {
+            }
             "IgnoreUnknown" => {
                 ignore_unknown = match v.to_ascii_lowercase().as_str() {
                     "1" | "true" => true,
@@ -201,7 +212,7 @@ pub fn parse_args(raw: &str) -> Result<PodArgs> {
             unknown.join(",")
         )));
     }
-    Ok(pod)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -214,7 +225,7 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        Env::from_lookup(|k| m.get(k).cloned())
+        Env::from_lookup(|k| m.get(k).map(OsString::from))
     }
 
     #[test]
@@ -267,16 +278,33 @@ mod tests {
 
     #[test]
     fn cni_args() {
-        let p =
-            parse_args("IgnoreUnknown=1;K8S_POD_NAME=web;FOO=bar;K8S_POD_NAMESPACE=ns").unwrap();
-        assert_eq!(p.name.as_deref(), Some("web"));
-        assert_eq!(p.namespace.as_deref(), Some("ns"));
+        assert!(
+            parse_args("IgnoreUnknown=1;K8S_POD_NAME=web;FOO=bar;K8S_POD_NAMESPACE=ns").is_ok()
+        );
+        assert!(parse_args("K8S_POD_NAME=web;K8S_POD_UID=u").is_ok());
         // Order must not matter: CRI sends keys in varying order.
         assert!(parse_args("FOO=bar;IgnoreUnknown=true").is_ok());
         let e = parse_args("FOO=bar").unwrap_err();
         assert!(e.to_string().contains("FOO"));
         assert!(parse_args("garbage").is_err());
-        assert_eq!(parse_args("").unwrap(), PodArgs::default());
+        assert!(parse_args("").is_ok());
+    }
+
+    #[test]
+    fn non_utf8_is_invalid_not_missing() {
+        use std::os::unix::ffi::OsStringExt;
+        let bad = OsString::from_vec(b"ab\xffcd".to_vec());
+        let e = Env::from_lookup(|k| match k {
+            "CNI_COMMAND" => Some("DEL".into()),
+            "CNI_ARGS" => Some(bad.clone()),
+            _ => Some("x".into()),
+        })
+        .unwrap_err();
+        assert_eq!(e.code(), 4);
+        assert!(
+            e.to_string().contains("[CNI_ARGS] are not valid UTF-8"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -46,19 +46,32 @@ pub enum Error {
     /// Code 102: the interface to create already exists in the container.
     #[error("{0}")]
     InterfaceExists(String),
-    /// Code 103: a delegated plugin (IPAM) failed; its own error is carried along.
+    /// A delegated plugin (IPAM) failed: its own code and message are passed on unchanged.
     #[error("{plugin}: {msg}")]
     Delegate {
         plugin: String,
         code: u32,
         msg: String,
     },
-    /// Code 999: a kernel request failed.
+    /// Code 999: a kernel request failed (decoded by the dataplane, which knows netlink).
     #[error("{op}: {reason}")]
     Netlink { op: String, reason: String },
     /// Code 999.
     #[error("internal error: {0}")]
     Internal(String),
+    /// Several failures of one verb (DEL and GC go on after a failure): the first with a code
+    /// other than 999 decides the code, since that is what tells the runtime what to do (11:
+    /// retry); every message goes into `details`.
+    #[error("{what}: {}", summary(.errors))]
+    Many { what: String, errors: Vec<Error> },
+}
+
+fn summary(errors: &[Error]) -> String {
+    match errors {
+        [] => "no error".into(),
+        [one] => one.to_string(),
+        [first, rest @ ..] => format!("{first} (and {} more)", rest.len()),
+    }
 }
 
 impl Error {
@@ -78,6 +91,23 @@ impl Error {
             Error::InterfaceExists(_) => 102,
             Error::Delegate { code, .. } => *code,
             Error::Netlink { .. } | Error::Internal(_) => 999,
+            Error::Many { errors, .. } => errors
+                .iter()
+                .map(Error::code)
+                .find(|c| *c != 999)
+                .unwrap_or(999),
+        }
+    }
+
+    /// All failures of `what`, or `Ok` if there were none; a single one is returned as itself.
+    pub fn all(what: impl Into<String>, mut errors: Vec<Error>) -> Result<()> {
+        match errors.len() {
+            0 => Ok(()),
+            1 => Err(errors.remove(0)),
+            _ => Err(Error::Many {
+                what: what.into(),
+                errors,
+            }),
         }
     }
 
@@ -99,34 +129,23 @@ impl Error {
         }
     }
 
-    /// A netlink failure with the operation that failed and the kernel's errno text.
-    pub fn netlink(op: impl Into<String>, err: &rtnetlink::Error) -> Error {
-        let reason = match err {
-            rtnetlink::Error::NetlinkError(m) => m.to_io().to_string(),
-            other => other.to_string(),
-        };
-        Error::Netlink {
-            op: op.into(),
-            reason,
-        }
-    }
-
     /// The JSON error object of the CNI spec.
     pub fn to_json(&self, cni_version: &str) -> ErrorJson {
         ErrorJson {
             cni_version: cni_version.to_string(),
             code: self.code(),
             msg: self.to_string(),
-            details: None,
+            details: match self {
+                Error::Many { errors, .. } => Some(
+                    errors
+                        .iter()
+                        .map(|e| format!("[{}] {e}", e.code()))
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                ),
+                _ => None,
+            },
         }
-    }
-}
-
-/// The errno of a netlink error, if the kernel answered with one.
-pub fn netlink_errno(err: &rtnetlink::Error) -> Option<i32> {
-    match err {
-        rtnetlink::Error::NetlinkError(m) => Some(m.raw_code().abs()),
-        _ => None,
     }
 }
 
@@ -157,5 +176,32 @@ mod tests {
         assert_eq!(j["code"], 7);
         assert_eq!(j["cniVersion"], "1.0.0");
         assert_eq!(j["msg"], "invalid config: missing name");
+        assert!(j.get("details").is_none());
+    }
+
+    #[test]
+    fn a_list_keeps_the_telling_code_and_every_message() {
+        assert!(Error::all("DEL", vec![]).is_ok());
+        let one = Error::all("DEL", vec![Error::TryAgainLater("locked".into())]).unwrap_err();
+        assert_eq!((one.code(), one.to_string()), (11, "locked".to_string()));
+        let e = Error::all(
+            "DEL incomplete",
+            vec![
+                Error::Internal("boom".into()),
+                Error::TryAgainLater("could not lock".into()),
+                Error::io("removing x", std::io::Error::other("EROFS")),
+            ],
+        )
+        .unwrap_err();
+        assert_eq!(e.code(), 11);
+        let j = serde_json::to_value(e.to_json("1.0.0")).unwrap();
+        assert_eq!(
+            j["msg"],
+            "DEL incomplete: internal error: boom (and 2 more)"
+        );
+        assert_eq!(
+            j["details"],
+            "[999] internal error: boom; [11] could not lock; [5] removing x: EROFS"
+        );
     }
 }

@@ -135,13 +135,6 @@ impl CniResult {
         v.insert("cniVersion".into(), Value::String(version.to_string()));
         Value::Object(v)
     }
-
-    /// Index of the interface with this name inside `sandbox` (any sandbox if `None`).
-    pub fn find_interface(&self, name: &str, in_sandbox: bool) -> Option<usize> {
-        self.interfaces.iter().position(|i| {
-            i.name == name && i.sandbox.as_ref().is_some_and(|s| !s.is_empty()) == in_sandbox
-        })
-    }
 }
 
 fn strip(v: &mut Map<String, Value>, list: &str, keys: &[&str]) {
@@ -229,8 +222,7 @@ mod tests {
             "routes": [{"dst": "0.0.0.0/0"}], "dns": {}});
         let r = CniResult::from_value(&old).unwrap();
         assert_eq!(r.ips[0].address.to_string(), "10.0.0.2/24");
-        assert_eq!(r.find_interface("eth0", true), Some(0));
-        assert_eq!(r.find_interface("eth0", false), None);
+        assert_eq!(r.interfaces[0].sandbox.as_deref(), Some("/x"));
         // Round trip through another version.
         let back = CniResult::from_value(&r.to_value(Version::V1_1_0)).unwrap();
         assert_eq!(back, r);

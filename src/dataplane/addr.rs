@@ -1,26 +1,25 @@
 //! Interface addresses.
 
-use crate::cni::error::netlink_errno;
-use crate::cni::{Error, Result};
+use super::Nl;
+use crate::cni::Result;
 use futures::TryStreamExt;
 use ipnetwork::IpNetwork;
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
-use rtnetlink::Handle;
 
 /// Adds `addr` (address with prefix length) to link `index`.
 ///
 /// No DAD (the address is ours by allocation, and a tentative IPv6 address would make the pod
 /// wait ~1 s) and no prefix route (routes are installed explicitly: this is a routed, point-to-point
 /// link, so the subnet is reached via the gateway, not on-link).
-pub async fn add(h: &Handle, index: u32, addr: IpNetwork, what: &str) -> Result<()> {
-    let mut req = h.address().add(index, addr.ip(), addr.prefix());
+pub async fn add(h: &Nl, index: u32, addr: IpNetwork, what: &str) -> Result<()> {
+    let mut req = h.0.address().add(index, addr.ip(), addr.prefix());
     req.message_mut().attributes.push(AddressAttribute::Flags(
         AddressFlags::Nodad | AddressFlags::Noprefixroute,
     ));
     match req.execute().await {
         Ok(()) => Ok(()),
-        Err(e) if netlink_errno(&e) == Some(libc::EEXIST) => Ok(()),
-        Err(e) => Err(Error::netlink(
+        Err(e) if super::errno(&e) == Some(libc::EEXIST) => Ok(()),
+        Err(e) => Err(super::nl_error(
             format!("adding address {addr} to {what}"),
             &e,
         )),
@@ -28,15 +27,15 @@ pub async fn add(h: &Handle, index: u32, addr: IpNetwork, what: &str) -> Result<
 }
 
 /// Addresses on link `index`.
-pub async fn list(h: &Handle, index: u32) -> Result<Vec<IpNetwork>> {
-    let msgs: Vec<AddressMessage> = h
-        .address()
-        .get()
-        .set_link_index_filter(index)
-        .execute()
-        .try_collect()
-        .await
-        .map_err(|e| Error::netlink("listing addresses", &e))?;
+pub async fn list(h: &Nl, index: u32) -> Result<Vec<IpNetwork>> {
+    let msgs: Vec<AddressMessage> =
+        h.0.address()
+            .get()
+            .set_link_index_filter(index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| super::nl_error("listing addresses", &e))?;
     Ok(msgs
         .iter()
         .filter_map(|m| {

@@ -1,12 +1,12 @@
 //! Links: the pod's veth pair and helper devices, found by name or index.
 
-use crate::cni::error::netlink_errno;
-use crate::cni::{Error, Result};
+use super::{Host, Nl};
+use crate::cni::Result;
 use futures::TryStreamExt;
 use netlink_packet_route::link::{
     InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage,
 };
-use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec};
+use rtnetlink::{LinkIfb, LinkMessageBuilder, LinkUnspec};
 use std::os::fd::RawFd;
 
 /// What we need to know about a link.
@@ -18,7 +18,6 @@ pub struct Link {
     pub mtu: Option<u32>,
     /// For a veth: the peer's index (in the peer's namespace).
     pub peer_index: Option<u32>,
-    pub kind: Option<String>,
     pub up: bool,
     pub group: u32,
 }
@@ -37,13 +36,6 @@ impl Link {
                 LinkAttribute::Mtu(m) => l.mtu = Some(*m),
                 LinkAttribute::Link(p) => l.peer_index = Some(*p),
                 LinkAttribute::Group(g) => l.group = *g,
-                LinkAttribute::LinkInfo(infos) => {
-                    for i in infos {
-                        if let NlLinkInfo::Kind(k) = i {
-                            l.kind = Some(k.to_string());
-                        }
-                    }
-                }
                 _ => {}
             }
         }
@@ -60,11 +52,12 @@ pub fn format_mac(bytes: &[u8]) -> String {
 }
 
 fn is_missing(e: &rtnetlink::Error) -> bool {
-    matches!(netlink_errno(e), Some(libc::ENODEV) | Some(libc::ENOENT))
+    matches!(super::errno(e), Some(libc::ENODEV) | Some(libc::ENOENT))
 }
 
-pub async fn by_name(h: &Handle, name: &str) -> Result<Option<Link>> {
+pub async fn by_name(h: &Nl, name: &str) -> Result<Option<Link>> {
     match h
+        .0
         .link()
         .get()
         .match_name(name.to_string())
@@ -74,57 +67,66 @@ pub async fn by_name(h: &Handle, name: &str) -> Result<Option<Link>> {
     {
         Ok(m) => Ok(m.as_ref().map(Link::from_message)),
         Err(e) if is_missing(&e) => Ok(None),
-        Err(e) => Err(Error::netlink(format!("looking up link {name}"), &e)),
+        Err(e) => Err(super::nl_error(format!("looking up link {name}"), &e)),
     }
 }
 
-pub async fn by_index(h: &Handle, index: u32) -> Result<Option<Link>> {
-    match h.link().get().match_index(index).execute().try_next().await {
-        Ok(m) => Ok(m.as_ref().map(Link::from_message)),
-        Err(e) if is_missing(&e) => Ok(None),
-        Err(e) => Err(Error::netlink(format!("looking up link #{index}"), &e)),
-    }
-}
-
-pub async fn all(h: &Handle) -> Result<Vec<Link>> {
-    let msgs: Vec<LinkMessage> = h
+pub async fn by_index(h: &Nl, index: u32) -> Result<Option<Link>> {
+    match h
+        .0
         .link()
         .get()
+        .match_index(index)
         .execute()
-        .try_collect()
+        .try_next()
         .await
-        .map_err(|e| Error::netlink("listing links", &e))?;
+    {
+        Ok(m) => Ok(m.as_ref().map(Link::from_message)),
+        Err(e) if is_missing(&e) => Ok(None),
+        Err(e) => Err(super::nl_error(format!("looking up link #{index}"), &e)),
+    }
+}
+
+pub async fn all(h: &Nl) -> Result<Vec<Link>> {
+    let msgs: Vec<LinkMessage> =
+        h.0.link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| super::nl_error("listing links", &e))?;
     Ok(msgs.iter().map(Link::from_message).collect())
 }
 
 /// Deletes a link by name; `Ok(false)` if there was none.
-pub async fn delete_by_name(h: &Handle, name: &str) -> Result<bool> {
+pub async fn delete_by_name(h: &Nl, name: &str) -> Result<bool> {
     let Some(l) = by_name(h, name).await? else {
         return Ok(false);
     };
-    match h.link().del(l.index).execute().await {
+    match h.0.link().del(l.index).execute().await {
         Ok(()) => Ok(true),
         Err(e) if is_missing(&e) => Ok(false),
-        Err(e) => Err(Error::netlink(format!("deleting link {name}"), &e)),
+        Err(e) => Err(super::nl_error(format!("deleting link {name}"), &e)),
     }
 }
 
 /// Deletes the links of `group` in one kernel batch when exactly the `expected` names carry it;
 /// otherwise (another link shares the group: a hash collision, or someone else's) deletes the
-/// expected names one by one. Either way only `expected` links go.
-pub async fn delete_group(h: &Handle, group: u32, expected: &[&str]) -> Result<()> {
+/// expected names one by one. Either way only `expected` links go. `Ok(true)` if any existed.
+pub async fn delete_group(h: &Nl, group: u32, expected: &[&str]) -> Result<bool> {
     // One dump tells what exists and who is in the group; no per-name lookups after it.
     let links = all(h).await?;
     let members: Vec<&Link> = links.iter().filter(|l| l.group == group).collect();
     let ours = !members.is_empty() && members.iter().all(|l| expected.contains(&l.name.as_str()));
+    let existed = links.iter().any(|l| expected.contains(&l.name.as_str()));
     if ours {
         let mut msg = LinkMessageBuilder::<LinkUnspec>::default().build();
         msg.attributes.push(LinkAttribute::Group(group));
-        match h.link().del_with_message(msg).execute().await {
+        match h.0.link().del_with_message(msg).execute().await {
             Ok(()) => {}
             Err(e) if is_missing(&e) => {}
             Err(e) => {
-                return Err(Error::netlink(
+                return Err(super::nl_error(
                     format!("deleting link group {group:#x}"),
                     &e,
                 ));
@@ -136,13 +138,13 @@ pub async fn delete_group(h: &Handle, group: u32, expected: &[&str]) -> Result<(
         .iter()
         .filter(|l| expected.contains(&l.name.as_str()) && !(ours && l.group == group))
     {
-        match h.link().del(l.index).execute().await {
+        match h.0.link().del(l.index).execute().await {
             Ok(()) => {}
             Err(e) if is_missing(&e) => {}
-            Err(e) => return Err(Error::netlink(format!("deleting link {}", l.name), &e)),
+            Err(e) => return Err(super::nl_error(format!("deleting link {}", l.name), &e)),
         }
     }
-    Ok(())
+    Ok(existed)
 }
 
 /// Outcome of creating a veth pair.
@@ -156,7 +158,7 @@ pub enum VethCreate {
 /// Creates a veth pair in one request: `host` here, `peer` directly inside the namespace
 /// `peer_ns`, so the pod's name never collides with a host device, both with `mtu`.
 pub async fn create_veth(
-    h: &Handle,
+    h: &Host,
     host: &str,
     peer: &str,
     peer_ns: RawFd,
@@ -177,20 +179,51 @@ pub async fn create_veth(
         NlLinkInfo::Kind(InfoKind::Veth),
         NlLinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer_msg.build()))),
     ]));
-    match h.link().add(msg).execute().await {
+    let nl: &Nl = h;
+    match nl.0.link().add(msg).execute().await {
         Ok(()) => Ok(VethCreate::Created),
-        Err(e) if netlink_errno(&e) == Some(libc::EEXIST) => Ok(VethCreate::Exists),
-        Err(e) => Err(Error::netlink(
+        Err(e) if super::errno(&e) == Some(libc::EEXIST) => Ok(VethCreate::Exists),
+        Err(e) => Err(super::nl_error(
             format!("creating veth {host} (peer {peer})"),
             &e,
         )),
     }
 }
 
-pub async fn set_up(h: &Handle, index: u32, what: &str) -> Result<()> {
-    h.link()
+pub async fn set_up(h: &Nl, index: u32, what: &str) -> Result<()> {
+    h.0.link()
         .set(LinkUnspec::new_with_index(index).up().build())
         .execute()
         .await
-        .map_err(|e| Error::netlink(format!("setting {what} up"), &e))
+        .map_err(|e| super::nl_error(format!("setting {what} up"), &e))
+}
+
+/// Creates an ifb named `name`, up, with `mtu`, in the attachment's link `group` (so DEL removes
+/// it and the veth in one kernel batch), and returns it.
+pub async fn create_ifb(h: &Host, name: &str, mtu: Option<u32>, group: u32) -> Result<Link> {
+    let mut b = LinkIfb::new(name)
+        .up()
+        .append_extra_attribute(LinkAttribute::Group(group));
+    if let Some(mtu) = mtu {
+        b = b.mtu(mtu);
+    }
+    let nl: &Nl = h;
+    nl.0.link()
+        .add(b.build())
+        .execute()
+        .await
+        .map_err(|e| super::nl_error(format!("creating ifb {name}"), &e))?;
+    by_name(h, name)
+        .await?
+        .ok_or_else(|| crate::cni::Error::Internal(format!("{name} vanished right after creation")))
+}
+
+/// Deletes each named link that exists, logging (not failing on) what cannot be deleted: for
+/// undoing a failed ADD, where the first error is the one to report.
+pub async fn delete_quietly(h: &Host, names: &[&str]) {
+    for n in names {
+        if let Err(e) = delete_by_name(h, n).await {
+            tracing::warn!("undoing ADD: deleting {n}: {e}");
+        }
+    }
 }

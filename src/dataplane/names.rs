@@ -10,6 +10,24 @@ fn digest_hex(container_id: &str, ifname: &str) -> String {
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The names and link group of one attachment's host devices.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Names {
+    pub host_veth: String,
+    pub ifb: String,
+    pub group: u32,
+}
+
+impl Names {
+    pub fn of(container_id: &str, ifname: &str) -> Names {
+        Names {
+            host_veth: host_veth(container_id, ifname),
+            ifb: ifb(container_id, ifname),
+            group: group(container_id, ifname),
+        }
+    }
+}
+
 /// Host end of the pod's veth: `hf` + 11 hex characters.
 pub fn host_veth(container_id: &str, ifname: &str) -> String {
     format!("hf{}", &digest_hex(container_id, ifname)[..11])

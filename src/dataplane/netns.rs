@@ -5,10 +5,9 @@
 //! and is driven from the caller's runtime, so pod-side and host-side work run concurrently
 //! without a second runtime.
 
+use super::{Nl, Pod};
 use crate::cni::{Error, Result};
-use rtnetlink::Handle;
 use std::fs::File;
-use std::future::Future;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -73,7 +72,7 @@ impl Netns {
     /// belongs to the namespace it was created in for its whole life, so all the work then runs
     /// on the caller's runtime, concurrently with work in the plugin's own namespace, and the
     /// caller's thread never leaves its namespace.
-    pub fn connect(&self) -> Result<Handle> {
+    pub fn connect(&self) -> Result<Pod> {
         let file = self
             .file
             .try_clone()
@@ -94,32 +93,6 @@ impl Netns {
         let socket = unsafe { rtnetlink::sys::TokioSocket::from_raw_fd(socket.into_raw_fd()) };
         let (conn, handle, _) = rtnetlink::from_socket(socket);
         tokio::spawn(conn);
-        Ok(handle)
+        Ok(Pod(Nl(handle)))
     }
-
-    /// Runs `f` with a handle in this namespace on a current-thread runtime of the caller.
-    pub fn run<T, F, Fut>(&self, f: F) -> Result<T>
-    where
-        F: FnOnce(Handle) -> Fut,
-        Fut: Future<Output = Result<T>>,
-    {
-        crate::runtime::block_on(async move { f(self.connect()?).await })
-    }
-}
-
-/// A current-thread runtime with a netlink connection in the calling thread's netns.
-pub fn block_on_netlink<T, F, Fut>(f: F) -> Result<T>
-where
-    F: FnOnce(Handle) -> Fut,
-    Fut: Future<Output = Result<T>>,
-{
-    crate::runtime::block_on(async move { f(connect()?).await })
-}
-
-/// Opens a netlink connection in the current thread's netns; needs a running runtime.
-pub fn connect() -> Result<Handle> {
-    let (conn, handle, _) =
-        rtnetlink::new_connection().map_err(|e| Error::io("opening a netlink socket", e))?;
-    tokio::spawn(conn);
-    Ok(handle)
 }

@@ -1,13 +1,15 @@
 //! Routes in the main table.
 
-use crate::cni::error::netlink_errno;
+use super::Nl;
 use crate::cni::{Error, Result};
 use futures::TryStreamExt;
 use ipnetwork::IpNetwork;
+use netlink_packet_core::{NLM_F_APPEND, NLM_F_CREATE};
+use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteScope, RouteVia,
 };
-use rtnetlink::{Handle, RouteMessageBuilder};
+use rtnetlink::RouteMessageBuilder;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// A route as read back from the kernel.
@@ -23,7 +25,12 @@ pub fn network_of(n: IpNetwork) -> IpNetwork {
 }
 
 /// Adds a route to `dst` out of link `oif`, via `gw` or (without one) scope link.
-pub async fn add(h: &Handle, dst: IpNetwork, gw: Option<IpAddr>, oif: u32) -> Result<()> {
+///
+/// Appended, not exclusive: a pod attached twice to one network (eth0 and net1, as Multus does)
+/// needs the same destinations through both interfaces, and the kernel keeps both routes (the
+/// first one answers lookups; when its interface goes, the other takes over). An identical route
+/// already there is fine.
+pub async fn add(h: &Nl, dst: IpNetwork, gw: Option<IpAddr>, oif: u32) -> Result<()> {
     let dst = network_of(dst);
     let what = || match gw {
         Some(g) => format!("adding route {dst} via {g}"),
@@ -39,27 +46,30 @@ pub async fn add(h: &Handle, dst: IpNetwork, gw: Option<IpAddr>, oif: u32) -> Re
             .map_err(|e| Error::Internal(format!("{}: {e}", what())))?,
         None => b.scope(RouteScope::Link),
     };
-    match h.route().add(b.build()).execute().await {
-        Ok(()) => Ok(()),
-        Err(e) if netlink_errno(&e) == Some(libc::EEXIST) => Ok(()),
-        Err(e) => Err(Error::netlink(what(), &e)),
-    }
+    super::request(
+        h,
+        RouteNetlinkMessage::NewRoute(b.build()),
+        NLM_F_CREATE | NLM_F_APPEND,
+        &[libc::EEXIST],
+        &what(),
+    )
+    .await
 }
 
 /// Routes of one family in the main table.
-pub async fn list(h: &Handle, v6: bool) -> Result<Vec<RouteEntry>> {
+pub async fn list(h: &Nl, v6: bool) -> Result<Vec<RouteEntry>> {
     let msg = if v6 {
         RouteMessageBuilder::<Ipv6Addr>::new().build()
     } else {
         RouteMessageBuilder::<Ipv4Addr>::new().build()
     };
-    let msgs: Vec<RouteMessage> = h
-        .route()
-        .get(msg)
-        .execute()
-        .try_collect()
-        .await
-        .map_err(|e| Error::netlink("listing routes", &e))?;
+    let msgs: Vec<RouteMessage> =
+        h.0.route()
+            .get(msg)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| super::nl_error("listing routes", &e))?;
     Ok(msgs
         .iter()
         .filter(|m| m.header.table == RouteHeader::RT_TABLE_MAIN)

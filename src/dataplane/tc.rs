@@ -2,19 +2,15 @@
 //! reading both back. Parameters are computed the way `tc` and the reference bandwidth plugin
 //! compute them, so a `tc -s qdisc` on the node shows the familiar values.
 
-use crate::cni::error::netlink_errno;
+use super::Nl;
 use crate::cni::{Error, Result};
-use futures::{StreamExt, TryStreamExt};
-use netlink_packet_core::{
-    DefaultNla, NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage,
-    NetlinkPayload, Nla, NlasIterator,
-};
+use futures::TryStreamExt;
+use netlink_packet_core::{DefaultNla, NLM_F_CREATE, NLM_F_REPLACE, Nla, NlasIterator};
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::tc::{
     TcAction, TcActionAttribute, TcActionMirrorOption, TcActionOption, TcAttribute,
     TcFilterU32Option, TcHandle, TcMessage, TcOption,
 };
-use rtnetlink::Handle;
 
 /// Queueing latency the bucket may add before dropping, as the reference plugin uses.
 pub const LATENCY_MS: u64 = 25;
@@ -126,23 +122,8 @@ impl Tbf {
     }
 }
 
-async fn request(h: &Handle, msg: RouteNetlinkMessage, flags: u16, what: &str) -> Result<()> {
-    let mut req = NetlinkMessage::from(msg);
-    req.header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
-    let mut resp = h
-        .clone()
-        .request(req)
-        .map_err(|e| Error::netlink(what, &e))?;
-    while let Some(m) = resp.next().await {
-        if let NetlinkPayload::Error(e) = m.payload {
-            return Err(Error::netlink(what, &rtnetlink::Error::NetlinkError(e)));
-        }
-    }
-    Ok(())
-}
-
 /// Puts `tbf` as the root qdisc (handle 1:) of link `index`, replacing what was there.
-pub async fn set_root_tbf(h: &Handle, index: u32, ifname: &str, tbf: &Tbf) -> Result<()> {
+pub async fn set_root_tbf(h: &Nl, index: u32, ifname: &str, tbf: &Tbf) -> Result<()> {
     let mut m = TcMessage::with_index(index as i32);
     m.header.parent = TcHandle::ROOT;
     m.header.handle = TcHandle { major: 1, minor: 0 };
@@ -150,24 +131,25 @@ pub async fn set_root_tbf(h: &Handle, index: u32, ifname: &str, tbf: &Tbf) -> Re
     m.attributes.push(TcAttribute::Options(vec![TcOption::Other(
         DefaultNla::new(TCA_TBF_PARMS, tbf.qopt()),
     )]));
-    request(
+    super::request(
         h,
         RouteNetlinkMessage::NewQueueDiscipline(m),
         NLM_F_CREATE | NLM_F_REPLACE,
+        &[],
         &format!("adding tbf on {ifname}"),
     )
     .await
 }
 
-async fn qdiscs(h: &Handle, index: u32) -> Result<Vec<TcMessage>> {
-    let all: Vec<TcMessage> = h
-        .qdisc()
-        .get()
-        .index(index as i32)
-        .execute()
-        .try_collect()
-        .await
-        .map_err(|e| Error::netlink("listing qdiscs", &e))?;
+async fn qdiscs(h: &Nl, index: u32) -> Result<Vec<TcMessage>> {
+    let all: Vec<TcMessage> =
+        h.0.qdisc()
+            .get()
+            .index(index as i32)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| super::nl_error("listing qdiscs", &e))?;
     Ok(all
         .into_iter()
         .filter(|m| m.header.index == index as i32)
@@ -183,7 +165,7 @@ fn kind(m: &TcMessage) -> Option<&str> {
 
 /// Removes the root and ingress qdiscs of link `index` (back to the kernel's default); missing
 /// ones are fine.
-pub async fn clear(h: &Handle, index: u32, ifname: &str) -> Result<()> {
+pub async fn clear(h: &Nl, index: u32, ifname: &str) -> Result<()> {
     for m in qdiscs(h, index).await? {
         if m.header.parent != TcHandle::ROOT && m.header.parent != TcHandle::INGRESS {
             continue;
@@ -191,26 +173,20 @@ pub async fn clear(h: &Handle, index: u32, ifname: &str) -> Result<()> {
         let mut del = TcMessage::with_index(index as i32);
         del.header.parent = m.header.parent;
         del.header.handle = m.header.handle;
-        let mut req = NetlinkMessage::from(RouteNetlinkMessage::DelQueueDiscipline(del));
-        req.header.flags = NLM_F_REQUEST | NLM_F_ACK;
-        let mut resp = h
-            .clone()
-            .request(req)
-            .map_err(|e| Error::netlink("removing qdisc", &e))?;
-        while let Some(m) = resp.next().await {
-            if let NetlinkPayload::Error(e) = m.payload {
-                let e = rtnetlink::Error::NetlinkError(e);
-                if !matches!(netlink_errno(&e), Some(libc::ENOENT) | Some(libc::EINVAL)) {
-                    return Err(Error::netlink(format!("removing a qdisc of {ifname}"), &e));
-                }
-            }
-        }
+        super::request(
+            h,
+            RouteNetlinkMessage::DelQueueDiscipline(del),
+            0,
+            &[libc::ENOENT, libc::EINVAL],
+            &format!("removing a qdisc of {ifname}"),
+        )
+        .await?;
     }
     Ok(())
 }
 
 /// The root tbf of link `index`, if it has one.
-pub async fn root_tbf(h: &Handle, index: u32) -> Result<Option<Tbf>> {
+pub async fn root_tbf(h: &Nl, index: u32) -> Result<Option<Tbf>> {
     for m in qdiscs(h, index).await? {
         if m.header.parent != TcHandle::ROOT || kind(&m) != Some("tbf") {
             continue;
@@ -241,18 +217,18 @@ pub async fn root_tbf(h: &Handle, index: u32) -> Result<Option<Tbf>> {
 
 /// Adds an ingress qdisc to link `index` and a match-all u32 filter that redirects everything to
 /// link `to` (an ifb), as the reference bandwidth plugin does.
-pub async fn redirect_ingress(h: &Handle, index: u32, ifname: &str, to: u32) -> Result<()> {
-    match h.qdisc().add(index as i32).ingress().execute().await {
+pub async fn redirect_ingress(h: &Nl, index: u32, ifname: &str, to: u32) -> Result<()> {
+    match h.0.qdisc().add(index as i32).ingress().execute().await {
         Ok(()) => {}
-        Err(e) if netlink_errno(&e) == Some(libc::EEXIST) => {}
+        Err(e) if super::errno(&e) == Some(libc::EEXIST) => {}
         Err(e) => {
-            return Err(Error::netlink(
+            return Err(super::nl_error(
                 format!("adding ingress qdisc on {ifname}"),
                 &e,
             ));
         }
     }
-    h.traffic_filter(index as i32)
+    h.0.traffic_filter(index as i32)
         .add()
         .parent(0xffff_0000)
         // priority() rewrites all of tcm_info, so it goes first; the protocol half is in network
@@ -260,14 +236,14 @@ pub async fn redirect_ingress(h: &Handle, index: u32, ifname: &str, to: u32) -> 
         .priority(1)
         .protocol((libc::ETH_P_ALL as u16).to_be())
         .redirect(to)
-        .map_err(|e| Error::netlink(format!("building the redirect filter on {ifname}"), &e))?
+        .map_err(|e| super::nl_error(format!("building the redirect filter on {ifname}"), &e))?
         .execute()
         .await
-        .map_err(|e| Error::netlink(format!("adding the redirect filter on {ifname}"), &e))
+        .map_err(|e| super::nl_error(format!("adding the redirect filter on {ifname}"), &e))
 }
 
 /// The link index the ingress of `index` is redirected to, if such a filter is installed.
-pub async fn ingress_redirect_target(h: &Handle, index: u32) -> Result<Option<u32>> {
+pub async fn ingress_redirect_target(h: &Nl, index: u32) -> Result<Option<u32>> {
     // Only a filter that matches every protocol redirects everything.
     let all = u32::from((libc::ETH_P_ALL as u16).to_be());
     if !qdiscs(h, index)
@@ -277,14 +253,14 @@ pub async fn ingress_redirect_target(h: &Handle, index: u32) -> Result<Option<u3
     {
         return Ok(None);
     }
-    let filters: Vec<TcMessage> = h
-        .traffic_filter(index as i32)
-        .get()
-        .ingress()
-        .execute()
-        .try_collect()
-        .await
-        .map_err(|e| Error::netlink("listing filters", &e))?;
+    let filters: Vec<TcMessage> =
+        h.0.traffic_filter(index as i32)
+            .get()
+            .ingress()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| super::nl_error("listing filters", &e))?;
     for f in filters.iter().filter(|f| f.header.info & 0xffff == all) {
         for a in &f.attributes {
             let TcAttribute::Options(opts) = a else {

@@ -1,7 +1,7 @@
 //! Running another plugin (an IPAM plugin) exactly as the CNI spec says: found in `CNI_PATH`,
 //! same environment and stdin, result or error JSON on its stdout.
 
-use crate::cni::{Env, Error, Result};
+use crate::cni::{Error, Result};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -11,21 +11,19 @@ use tokio::io::AsyncWriteExt;
 /// A delegated plugin that does not answer within this is killed.
 const DELEGATE_TIMEOUT: Duration = Duration::from_secs(30);
 
-fn find(plugin: &str, env: &Env) -> Result<PathBuf> {
+fn find(plugin: &str, path: &[PathBuf]) -> Result<PathBuf> {
     if plugin.is_empty() || plugin.contains('/') || plugin == "." || plugin == ".." {
         return Err(Error::config(format!(
             "ipam.type {plugin:?} is not a plugin name"
         )));
     }
-    env.path
-        .iter()
+    path.iter()
         .map(|d| d.join(plugin))
         .find(|p| p.is_file())
         .ok_or_else(|| {
             Error::config(format!(
                 "ipam.type {plugin:?}: no such plugin in CNI_PATH ({})",
-                env.path
-                    .iter()
+                path.iter()
                     .map(|p| p.display().to_string())
                     .collect::<Vec<_>>()
                     .join(":")
@@ -35,10 +33,10 @@ fn find(plugin: &str, env: &Env) -> Result<PathBuf> {
 
 /// Whether `plugin`'s VERSION lists `version`: verbs newer than a plugin (STATUS, GC) are not
 /// sent to it.
-pub async fn speaks(plugin: &str, env: &Env, version: &str) -> Result<bool> {
+pub async fn speaks(plugin: &str, path: &[PathBuf], version: &str) -> Result<bool> {
     let probe = serde_json::to_vec(&serde_json::json!({ "cniVersion": version }))
         .map_err(|e| Error::Internal(e.to_string()))?;
-    let info = exec(plugin, env, "VERSION", &probe).await?;
+    let info = exec(plugin, path, "VERSION", &probe).await?;
     Ok(info
         .as_ref()
         .and_then(|v| v.get("supportedVersions"))
@@ -48,20 +46,25 @@ pub async fn speaks(plugin: &str, env: &Env, version: &str) -> Result<bool> {
 
 /// Runs `plugin` with `command` in this process's environment; returns its parsed stdout (empty
 /// for DEL).
-pub async fn exec(plugin: &str, env: &Env, command: &str, stdin: &[u8]) -> Result<Option<Value>> {
-    exec_for(plugin, env, command, stdin, None).await
+pub async fn exec(
+    plugin: &str,
+    path: &[PathBuf],
+    command: &str,
+    stdin: &[u8],
+) -> Result<Option<Value>> {
+    exec_for(plugin, path, command, stdin, None).await
 }
 
 /// As [`exec`], but for another attachment `(container ID, ifname)` than this process's (GC
 /// releasing a stale one): its IDs replace ours and there is no netns.
 pub async fn exec_for(
     plugin: &str,
-    env: &Env,
+    path: &[PathBuf],
     command: &str,
     stdin: &[u8],
     attachment: Option<(&str, &str)>,
 ) -> Result<Option<Value>> {
-    let bin = find(plugin, env)?;
+    let bin = find(plugin, path)?;
     let mut cmd = tokio::process::Command::new(&bin);
     cmd.env("CNI_COMMAND", command);
     if let Some((container_id, ifname)) = attachment {

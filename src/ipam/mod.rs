@@ -1,16 +1,18 @@
 //! Addresses for pods: the built-in allocator, or a delegated IPAM plugin.
 
+pub mod conf;
 pub mod delegate;
 pub mod range;
 pub mod store;
 
-use crate::cni::config::{RouteConf, USE_POD_CIDR};
 use crate::cni::result::{Dns, Route};
-use crate::cni::{CniResult, Error, NetConf, Result};
+use crate::cni::{CniResult, Error, Result};
+use conf::{IpamConf, RouteConf};
 use ipnetwork::IpNetwork;
 use range::{RangeSet, from_u128, to_u128};
 use serde_json::Value;
 use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use store::{Owner, Store};
 
 /// One address given to the pod, with the gateway it routes through.
@@ -120,7 +122,12 @@ pub fn assigned_from_result(r: &CniResult) -> Result<Assigned> {
     for ip in &r.ips {
         let gateway = match ip.gateway {
             Some(g) => g,
-            None => from_u128(to_u128(ip.address.network()) + 1, ip.address.is_ipv6()),
+            None => to_u128(ip.address.network())
+                .checked_add(1)
+                .map(|n| from_u128(n, ip.address.is_ipv6()))
+                .ok_or_else(|| {
+                    Error::Internal(format!("IPAM gave {} and no gateway", ip.address))
+                })?,
         };
         if gateway == ip.address.ip() {
             return Err(Error::Internal(format!(
@@ -143,65 +150,145 @@ pub fn assigned_from_result(r: &CniResult) -> Result<Assigned> {
     })
 }
 
-/// Passes STATUS or GC on to the delegated IPAM `plugin` with this config, if the plugin's VERSION
-/// lists the config's version (older plugins know neither verb); returns whether it did. Its
-/// error keeps its own code; a plugin that cannot even be asked is code 50.
-pub fn pass_on(
-    env: &crate::cni::Env,
-    conf: &NetConf,
+/// Where an attachment's addresses live and whom they are for.
+pub struct Target<'a> {
+    pub state_dir: &'a Path,
+    pub network: &'a str,
+    pub owner: Owner,
+    /// `CNI_PATH`, to find a delegated plugin.
+    pub path: &'a [PathBuf],
+}
+
+/// How an attachment gets its addresses, decided (and validated) before anything changes.
+#[derive(Clone, Debug)]
+pub enum Plan {
+    Builtin {
+        sets: Vec<RangeSet>,
+        routes: Vec<RouteConf>,
+        dns: Dns,
+    },
+    Delegate {
+        plugin: String,
+        stdin: Vec<u8>,
+        dns: Dns,
+    },
+}
+
+impl Plan {
+    /// `raw` is the runtime's config, handed on to a delegated plugin with `usePodCidr` expanded.
+    pub fn new(
+        ipam: &IpamConf,
+        dns: &Dns,
+        raw: &Value,
+        pod_cidrs: Option<&[IpNetwork]>,
+    ) -> Result<Plan> {
+        match ipam.delegate() {
+            Some(plugin) => Ok(Plan::Delegate {
+                plugin: plugin.to_string(),
+                stdin: ipam.delegate_stdin(raw, pod_cidrs)?,
+                dns: dns.clone(),
+            }),
+            None => Ok(Plan::Builtin {
+                sets: range::resolve(&ipam.expanded_ranges(pod_cidrs)?)?,
+                routes: ipam.routes.clone(),
+                dns: dns.clone(),
+            }),
+        }
+    }
+
+    /// Allocates addresses for `t.owner`.
+    pub async fn add(&self, t: &Target<'_>) -> Result<Assigned> {
+        match self {
+            Plan::Builtin { sets, routes, dns } => {
+                let store = Store::open(t.state_dir, t.network)?;
+                let leases = allocate(&store, sets, &t.owner)?;
+                drop(store);
+                let routes = routes_for(routes, &leases)?;
+                Ok(Assigned {
+                    leases,
+                    routes,
+                    dns: dns.clone(),
+                })
+            }
+            Plan::Delegate { plugin, stdin, dns } => {
+                let out = delegate::exec(plugin, t.path, "ADD", stdin)
+                    .await?
+                    .ok_or_else(|| Error::Internal(format!("{plugin} ADD printed no result")))?;
+                let mut a = assigned_from_result(&CniResult::from_value(&out)?)?;
+                if !dns.is_empty() {
+                    a.dns = dns.clone();
+                }
+                Ok(a)
+            }
+        }
+    }
+
+    /// Gives back what [`Plan::add`] took (used when a later step of ADD fails).
+    pub async fn undo(&self, t: &Target<'_>) -> Result<()> {
+        match self {
+            Plan::Builtin { .. } => release_owner(t.state_dir, t.network, &t.owner).map(|_| ()),
+            Plan::Delegate { plugin, stdin, .. } => delegate::exec(plugin, t.path, "DEL", stdin)
+                .await
+                .map(|_| ()),
+        }
+    }
+}
+
+/// Releases every built-in lease `owner` holds, whatever a record says: a crashed or retried
+/// ADD can leave leases no record names.
+pub fn release_owner(state_dir: &Path, network: &str, owner: &Owner) -> Result<Vec<IpAddr>> {
+    if !Store::dir_of(state_dir, network).exists() {
+        return Ok(Vec::new());
+    }
+    Store::open(state_dir, network)?.release_owner(owner)
+}
+
+/// Passes STATUS or GC on to a delegated IPAM plugin, if its VERSION lists `version` (older
+/// plugins know neither verb); returns whether it did. Its error keeps its own code; a plugin
+/// that cannot even be asked is code 50.
+pub async fn pass_on(
     plugin: &str,
+    path: &[PathBuf],
+    version: &str,
     verb: &str,
-    pod_cidrs: Option<&[IpNetwork]>,
+    stdin: &[u8],
 ) -> Result<bool> {
-    let version = conf.version.to_string();
-    let speaks = crate::runtime::block_on(delegate::speaks(plugin, env, &version))
+    let speaks = delegate::speaks(plugin, path, version)
+        .await
         .map_err(|e| Error::NotAvailable(format!("IPAM plugin {plugin}: {e}")))?;
     if !speaks {
         tracing::info!("{plugin} does not speak CNI {version}: {verb} not passed on");
         return Ok(false);
     }
-    let stdin = delegate_stdin(conf, pod_cidrs)?;
-    crate::runtime::block_on(delegate::exec(plugin, env, verb, &stdin))?;
+    delegate::exec(plugin, path, verb, stdin).await?;
     Ok(true)
 }
 
-/// The config to hand a delegated IPAM plugin: `usePodCidr` replaced by the node's podCIDRs.
-pub fn delegate_stdin(conf: &NetConf, pod_cidrs: Option<&[IpNetwork]>) -> Result<Vec<u8>> {
-    let mut raw = conf.raw.clone();
-    if let Some(Value::Array(sets)) = raw.pointer_mut("/ipam/ranges") {
-        let mut out = Vec::new();
-        for set in sets.drain(..) {
-            let uses = set.as_array().is_some_and(|s| {
-                s.iter()
-                    .any(|r| r.get("subnet").and_then(Value::as_str) == Some(USE_POD_CIDR))
-            });
-            if !uses {
-                out.push(set);
-                continue;
-            }
-            let cidrs = pod_cidrs.ok_or_else(|| {
-                Error::config(format!(
-                    "ipam uses {USE_POD_CIDR} but the node's podCIDRs are unknown"
-                ))
-            })?;
-            for c in cidrs {
-                let mut r = set
-                    .get(0)
-                    .cloned()
-                    .unwrap_or_else(|| Value::Object(Default::default()));
-                r["subnet"] = Value::String(c.to_string());
-                out.push(Value::Array(vec![r]));
-            }
-        }
-        *sets = out;
-    }
-    serde_json::to_vec(&raw).map_err(|e| Error::Internal(format!("encoding IPAM config: {e}")))
+/// Per range set: (capacity, addresses in use), where a lease counts unless `free(owner)` says
+/// its holder is gone. Shared by STATUS and `doctor`.
+pub fn usage(
+    sets: &[RangeSet],
+    leases: &[(IpAddr, Owner)],
+    free: impl Fn(&Owner) -> bool,
+) -> Vec<(u128, u128)> {
+    sets.iter()
+        .map(|set| {
+            let cap: u128 = set.iter().map(|r| r.capacity()).sum();
+            let used = leases
+                .iter()
+                .filter(|(ip, o)| {
+                    !free(o) && set.iter().any(|r| r.contains(*ip) && *ip != r.gateway)
+                })
+                .count();
+            (cap, u128::try_from(used).unwrap_or(u128::MAX))
+        })
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cni::config::RangeConf;
+    use conf::RangeConf;
 
     fn set(subnet: &str) -> RangeSet {
         let conf = RangeConf {
@@ -320,97 +407,5 @@ mod tests {
             )
             .is_err()
         );
-    }
-}
-
-/// How an attachment gets its addresses, decided (and validated) before anything changes.
-#[derive(Clone, Debug)]
-pub enum Plan {
-    Builtin {
-        sets: Vec<RangeSet>,
-        routes: Vec<RouteConf>,
-    },
-    Delegate {
-        plugin: String,
-        stdin: Vec<u8>,
-    },
-}
-
-impl Plan {
-    pub fn new(conf: &NetConf, pod_cidrs: Option<&[IpNetwork]>) -> Result<Plan> {
-        match conf.ipam.delegate() {
-            Some(plugin) => Ok(Plan::Delegate {
-                plugin: plugin.to_string(),
-                stdin: delegate_stdin(conf, pod_cidrs)?,
-            }),
-            None => Ok(Plan::Builtin {
-                sets: range::resolve(&conf.ipam.ranges, pod_cidrs)?,
-                routes: conf.ipam.routes.clone(),
-            }),
-        }
-    }
-
-    /// Allocates addresses for `owner`.
-    pub async fn add(&self, conf: &NetConf, env: &crate::cni::Env) -> Result<Assigned> {
-        match self {
-            Plan::Builtin { sets, routes } => {
-                let store = Store::open(&conf.state_dir, &conf.name)?;
-                let leases = allocate(&store, sets, &Owner::new(&env.container_id, &env.ifname))?;
-                drop(store);
-                let routes = routes_for(routes, &leases)?;
-                Ok(Assigned {
-                    leases,
-                    routes,
-                    dns: conf.dns.clone(),
-                })
-            }
-            Plan::Delegate { plugin, stdin } => {
-                let out = delegate::exec(plugin, env, "ADD", stdin)
-                    .await?
-                    .ok_or_else(|| Error::Internal(format!("{plugin} ADD printed no result")))?;
-                let mut a = assigned_from_result(&CniResult::from_value(&out)?)?;
-                if !conf.dns.is_empty() {
-                    a.dns = conf.dns.clone();
-                }
-                Ok(a)
-            }
-        }
-    }
-
-    /// Gives back what [`Plan::add`] took (used when a later step of ADD fails).
-    pub async fn undo(&self, conf: &NetConf, env: &crate::cni::Env) -> Result<()> {
-        match self {
-            Plan::Builtin { .. } => release_builtin(conf, env, None).map(|_| ()),
-            Plan::Delegate { plugin, stdin } => {
-                delegate::exec(plugin, env, "DEL", stdin).await.map(|_| ())
-            }
-        }
-    }
-}
-
-/// Releases the built-in leases of (container, ifname): the listed ones if a record names them,
-/// else whatever a scan finds (a crashed ADD leaves leases and no record).
-pub fn release_builtin(
-    conf: &NetConf,
-    env: &crate::cni::Env,
-    known: Option<&[IpAddr]>,
-) -> Result<Vec<IpAddr>> {
-    let dir = Store::dir_of(&conf.state_dir, &conf.name);
-    if !dir.exists() {
-        return Ok(Vec::new());
-    }
-    let store = Store::open(&conf.state_dir, &conf.name)?;
-    let owner = Owner::new(&env.container_id, &env.ifname);
-    match known {
-        Some(ips) => {
-            let mut out = Vec::new();
-            for ip in ips {
-                if store.release(*ip, &owner)? {
-                    out.push(*ip);
-                }
-            }
-            Ok(out)
-        }
-        None => store.release_owner(&owner),
     }
 }

@@ -1,6 +1,6 @@
 //! Address ranges as host-local defines them, checked and with defaults filled in.
 
-use crate::cni::config::{RangeConf, USE_POD_CIDR};
+use super::conf::{RangeConf, USE_POD_CIDR};
 use crate::cni::{Error, Result};
 use ipnetwork::IpNetwork;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -112,9 +112,8 @@ impl Range {
     }
 }
 
-/// Resolves the configured range sets; `usePodCidr` needs the node's podCIDRs and expands to one
-/// set per family.
-pub fn resolve(conf: &[Vec<RangeConf>], pod_cidrs: Option<&[IpNetwork]>) -> Result<Vec<RangeSet>> {
+/// Resolves range sets whose `usePodCidr` is already expanded ([`super::conf::IpamConf::expanded_ranges`]).
+pub fn resolve(conf: &[Vec<RangeConf>]) -> Result<Vec<RangeSet>> {
     if conf.is_empty() {
         return Err(Error::config(
             "ipam.ranges is empty: configure at least one range",
@@ -126,15 +125,9 @@ pub fn resolve(conf: &[Vec<RangeConf>], pod_cidrs: Option<&[IpNetwork]>) -> Resu
             return Err(Error::config(format!("ipam.ranges[{i}] is empty")));
         }
         if set.iter().any(|r| r.subnet == USE_POD_CIDR) {
-            let cidrs = pod_cidrs.ok_or_else(|| {
-                Error::config(format!(
-                    "ipam.ranges[{i}] uses {USE_POD_CIDR} but no \"kubernetes\" section is configured"
-                ))
-            })?;
-            for c in cidrs {
-                sets.push(vec![Range::new(*c, &set[0])?]);
-            }
-            continue;
+            return Err(Error::Internal(format!(
+                "ipam.ranges[{i}]: {USE_POD_CIDR} was not expanded"
+            )));
         }
         let mut rs = Vec::new();
         for r in set {
@@ -217,31 +210,22 @@ mod tests {
     #[test]
     fn resolve_checks_sets() {
         assert!(
-            resolve(&[vec![rc("10.1.0.5/24")]], None)
+            resolve(&[vec![rc("10.1.0.5/24")]])
                 .unwrap_err()
                 .to_string()
                 .contains("host bits")
         );
-        assert!(resolve(&[vec![rc("10.1.0.0/24"), rc("fd00::/64")]], None).is_err());
+        assert!(resolve(&[vec![rc("10.1.0.0/24"), rc("fd00::/64")]]).is_err());
         assert!(
-            resolve(&[vec![rc("10.1.0.0/24")], vec![rc("10.1.0.0/25")]], None)
+            resolve(&[vec![rc("10.1.0.0/24")], vec![rc("10.1.0.0/25")]])
                 .unwrap_err()
                 .to_string()
                 .contains("overlap")
         );
-        assert!(
-            resolve(&[vec![rc("usePodCidr")]], None)
-                .unwrap_err()
-                .to_string()
-                .contains("kubernetes")
-        );
-        let cidrs: Vec<IpNetwork> = vec![
-            "10.42.3.0/24".parse().unwrap(),
-            "fd42:3::/64".parse().unwrap(),
-        ];
-        let sets = resolve(&[vec![rc("usePodCidr")]], Some(&cidrs)).unwrap();
+        assert_eq!(resolve(&[vec![rc("usePodCidr")]]).unwrap_err().code(), 999);
+        let sets = resolve(&[vec![rc("10.42.3.0/24")], vec![rc("fd42:3::/64")]]).unwrap();
         assert_eq!(sets.len(), 2);
         assert_eq!(sets[1][0].subnet.to_string(), "fd42:3::/64");
-        assert!(resolve(&[], None).is_err());
+        assert!(resolve(&[]).is_err());
     }
 }

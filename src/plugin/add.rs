@@ -1,210 +1,184 @@
-//! ADD. Interface mode (no `CNI_IFNAME` in `prevResult`): a veth pair, addresses, routes and
-//! limits. Chained mode: limits on the earlier plugin's veth. Either way, a failure undoes every
-//! step before the error is returned.
+//! ADD in interface mode (no `CNI_IFNAME` in `prevResult`): a veth pair, addresses, routes and
+//! limits. Each completed step is recorded, and a failure undoes exactly those steps.
 
 use super::bandwidth::{self, Limits};
-use crate::cni::result::{Interface, IpConfig};
-use crate::cni::{CniResult, Env, Error, NetConf, Result};
+use super::undo::{Ctx, Step, Undo};
+use super::{Add, Attachment};
+use crate::cni::result::{Interface, IpConfig, Route};
+use crate::cni::{CniResult, Error, Result};
 use crate::dataplane::link::{self, Link, VethCreate};
-use crate::dataplane::netns::{Netns, block_on_netlink};
-use crate::dataplane::{addr, names, route, sysctl};
-use crate::ipam::{self, Assigned, Lease, Plan};
+use crate::dataplane::names::Names;
+use crate::dataplane::netns::Netns;
+use crate::dataplane::{Host, Pod, addr, route, sysctl};
+use crate::failpoint;
+use crate::ipam::store::Owner;
+use crate::ipam::{self, Assigned, Lease, Plan, Target};
 use crate::state::{self, Delegated, Mode, Record};
 use ipnetwork::IpNetwork;
-use rtnetlink::Handle;
-use serde_json::Value;
 
-pub fn add(env: &Env, conf: &NetConf) -> Result<Value> {
-    let netns_path = env
-        .netns
-        .as_deref()
-        .ok_or_else(|| Error::InvalidEnv("required env variables [CNI_NETNS] missing".into()))?;
-    let limits = bandwidth::from_conf(conf)?;
-    if let Some(prev) = &conf.prev_result
-        && is_chained(prev, env, netns_path)
-    {
-        let netns = Netns::open(netns_path)?;
-        let result = block_on_netlink(|h| super::chained::add(h, env, conf, netns, limits))?;
-        return Ok(result.to_value(conf.version));
-    }
+/// What the steps of one interface-mode ADD work with.
+struct Wiring<'a> {
+    req: &'a Add,
+    host: &'a Host,
+    pod: &'a Pod,
+    netns: &'a Netns,
+    names: &'a Names,
+    plan: &'a Plan,
+    target: &'a Target<'a>,
+    limits: &'a Limits,
+}
 
+pub async fn add(req: &Add) -> Result<CniResult> {
+    let conf = &req.conf;
+    let limits = Limits::from_conf(&conf.bandwidth, conf.mtu)?;
     // Everything that can be checked without the API is checked first, so an invalid request
     // never costs an API wait; cluster info (if needed) comes before any change.
-    let needs_cluster = crate::cluster::needs_pod_cidrs(conf);
-    let plan = if needs_cluster {
-        crate::cluster::kube_conf(conf)?;
-        None
-    } else {
-        Some(Plan::new(conf, None)?)
-    };
-    let netns = Netns::open(netns_path)?;
-    let plan = match plan {
-        Some(p) => p,
-        None => {
-            let kube = crate::cluster::kube_conf(conf)?;
-            let info = crate::runtime::block_on(crate::cluster::for_add(kube, &conf.state_dir))?;
-            Plan::new(conf, Some(&info.pod_cidrs))?
+    let (plan, netns) = match conf.ipam.uses_pod_cidr() {
+        false => {
+            let plan = Plan::new(&conf.ipam, &conf.dns, &conf.net.raw, None)?;
+            (plan, Netns::open(&req.netns)?)
+        }
+        true => {
+            let kube = conf.kube()?;
+            let netns = Netns::open(&req.netns)?;
+            let cidrs = crate::cluster::for_add(kube, &conf.state_dir).await?.pod_cidrs;
+            let plan = Plan::new(&conf.ipam, &conf.dns, &conf.net.raw, Some(&cidrs))?;
+            (plan, netns)
         }
     };
-    let result = block_on_netlink(|h| add_interface(h, env, conf, netns, plan, limits))?;
-    Ok(result.to_value(conf.version))
-}
+    let host = Host::connect()?;
+    let names = Names::of(&req.att.container_id, &req.att.ifname);
+    let target = target(req);
+    clear_previous_attempt(&host, req, &names, &plan, &target).await?;
+    failpoint::hit("add-cleared");
 
-/// An earlier plugin already put `CNI_IFNAME` into this sandbox.
-fn is_chained(prev: &CniResult, env: &Env, netns: &std::path::Path) -> bool {
-    let ns = netns.to_string_lossy();
-    prev.interfaces.iter().any(|i| {
-        i.name == env.ifname
-            && i.sandbox
-                .as_deref()
-                .is_some_and(|s| !s.is_empty() && s == ns)
-    })
-}
-
-async fn add_interface(
-    h: Handle,
-    env: &Env,
-    conf: &NetConf,
-    netns: Netns,
-    plan: Plan,
-    limits: Limits,
-) -> Result<CniResult> {
-    let host_name = names::host_veth(&env.container_id, &env.ifname);
-    let ifb_name = names::ifb(&env.container_id, &env.ifname);
-    clear_previous_attempt(&h, env, conf, &host_name, &ifb_name).await?;
-
-    let assigned = plan.add(conf, env).await?;
-    let outcome = async {
-        let (result, ifb) = wire(
-            &h, env, conf, &netns, &host_name, &ifb_name, &assigned, &limits,
-        )
-        .await?;
-        let record = Record {
-            host_ifname: Some(host_name.clone()),
-            ifb: ifb.map(|l| l.name),
-            ipam_delegate: match &plan {
-                Plan::Delegate { plugin, stdin } => Some(Delegated {
-                    plugin: plugin.clone(),
-                    stdin: String::from_utf8_lossy(stdin).into_owned(),
-                }),
-                Plan::Builtin { .. } => None,
-            },
-            ..Record::new(
-                &conf.name,
-                &env.container_id,
-                &env.ifname,
-                Mode::Interface,
-                netns.path(),
-                &result,
-            )
-        };
-        state::write(&conf.state_dir, &record)?;
-        Ok(result)
-    }
-    .await;
-    if outcome.is_err() {
-        undo_links(&h, &[&host_name, &ifb_name]).await;
-        if let Err(e) = plan.undo(conf, env).await {
-            tracing::warn!("undoing ADD: releasing addresses: {e}");
+    let pod = netns.connect()?;
+    let w = Wiring {
+        req,
+        host: &host,
+        pod: &pod,
+        netns: &netns,
+        names: &names,
+        plan: &plan,
+        target: &target,
+        limits: &limits,
+    };
+    let mut undo = Undo::default();
+    match steps(&w, &mut undo).await {
+        Ok(result) => {
+            undo.commit();
+            Ok(result)
         }
-    }
-    outcome
-}
-
-/// A retried ADD (the runtime timed out, or we crashed) finds its own leftovers: the host veth
-/// and ifb by their deterministic names, and possibly a record and leases. They are ours, so
-/// they go.
-async fn clear_previous_attempt(
-    h: &Handle,
-    env: &Env,
-    conf: &NetConf,
-    host_name: &str,
-    ifb_name: &str,
-) -> Result<()> {
-    let stale_link = link::delete_by_name(h, host_name).await?;
-    let stale_ifb = link::delete_by_name(h, ifb_name).await?;
-    let record =
-        state::read(&conf.state_dir, &conf.name, &env.container_id, &env.ifname).unwrap_or(None);
-    if !stale_link && !stale_ifb && record.is_none() {
-        return Ok(());
-    }
-    tracing::info!(
-        container = %env.container_id, ifname = %env.ifname,
-        "replacing leftovers of an earlier ADD (host veth: {stale_link}, ifb: {stale_ifb}, record: {})",
-        record.is_some()
-    );
-    match record.as_ref().and_then(|r| r.ipam_delegate.as_ref()) {
-        Some(d) => {
-            let _ = ipam::delegate::exec(&d.plugin, env, "DEL", d.stdin.as_bytes()).await;
-        }
-        None => {
-            ipam::release_builtin(conf, env, None)?;
-        }
-    }
-    state::remove(&conf.state_dir, &conf.name, &env.container_id, &env.ifname)
-}
-
-pub(super) async fn undo_links(h: &Handle, names: &[&str]) {
-    for n in names {
-        if let Err(e) = link::delete_by_name(h, n).await {
-            tracing::warn!("undoing ADD: deleting {n}: {e}");
+        Err(e) => {
+            let cx = Ctx {
+                host: &host,
+                pod: Some(&pod),
+                plan: Some(&plan),
+                target: &target,
+                state_dir: &conf.state_dir,
+            };
+            undo.unwind(&cx).await;
+            Err(e)
         }
     }
 }
 
-fn host_prefix(ip: std::net::IpAddr) -> IpNetwork {
-    let len = if ip.is_ipv4() { 32 } else { 128 };
-    IpNetwork::new(ip, len).unwrap_or_else(|_| IpNetwork::from(ip))
-}
-
-/// The result entry for an ifb, as the reference bandwidth plugin lists it.
-pub(super) fn ifb_interface(ifb: &Link) -> Interface {
-    Interface {
-        name: ifb.name.clone(),
-        mac: ifb.mac.clone(),
-        mtu: ifb.mtu,
-        ..Default::default()
+pub(super) fn target(req: &Add) -> Target<'_> {
+    Target {
+        state_dir: &req.conf.state_dir,
+        network: req.conf.name(),
+        owner: owner(&req.att),
+        path: &req.path,
     }
 }
 
-/// Creates the veth pair and configures both ends; pod side and host side run concurrently.
-#[allow(clippy::too_many_arguments)]
-async fn wire(
-    h: &Handle,
-    env: &Env,
-    conf: &NetConf,
-    netns: &Netns,
-    host_name: &str,
-    ifb_name: &str,
-    a: &Assigned,
-    limits: &Limits,
-) -> Result<(CniResult, Option<Link>)> {
-    let group = names::group(&env.container_id, &env.ifname);
-    match link::create_veth(h, host_name, &env.ifname, netns.raw_fd(), conf.mtu, group).await? {
-        VethCreate::Created => {}
-        VethCreate::Exists => {
-            return Err(Error::InterfaceExists(format!(
-                "interface {} already exists in {}",
-                env.ifname,
-                netns.path().display()
-            )));
-        }
-    }
+fn owner(att: &Attachment) -> Owner {
+    Owner::new(&att.container_id, &att.ifname)
+}
 
-    let ph = netns.connect()?;
-    let pod = async {
-        let l = configure_pod(&ph, &env.ifname, &a.leases, &a.routes).await?;
-        bandwidth::apply_pod(&ph, &l, limits).await?;
+/// The steps of ADD, each recorded in `undo` as soon as it is done.
+async fn steps(w: &Wiring<'_>, undo: &mut Undo) -> Result<CniResult> {
+    let assigned = w.plan.add(w.target).await?;
+    undo.push(Step::Leased);
+    failpoint::hit("ipam-leased");
+
+    let ifname = &w.req.att.ifname;
+    let netns_path = w.netns.path();
+    let created = link::create_veth(
+        w.host,
+        &w.names.host_veth,
+        ifname,
+        w.netns.raw_fd(),
+        w.req.conf.mtu,
+        w.names.group,
+    )
+    .await?;
+    if let VethCreate::Exists = created {
+        return Err(Error::InterfaceExists(format!(
+            "interface {ifname} already exists in {}",
+            netns_path.display()
+        )));
+    }
+    undo.push(Step::Link(w.names.host_veth.clone()));
+    failpoint::hit("add-veth");
+
+    let pod_side = async {
+        let l = configure_pod(w.pod, ifname, &assigned.leases, &assigned.routes).await?;
+        bandwidth::shape_pod(w.pod, &l, w.limits).await?;
         Ok::<_, Error>(l)
     };
-    let host = async {
-        let host = configure_host(h, host_name, &a.leases).await?;
-        let ifb = bandwidth::apply_host(h, &host, limits, ifb_name, group).await?;
-        Ok::<_, Error>((host, ifb))
-    };
-    let (pod, host) = futures::join!(pod, host);
-    let (pod, (host, ifb)) = (pod?, host?);
+    let host_side = configure_host(w.host, &w.names.host_veth, &assigned.leases);
+    let (pod, host) = futures::join!(pod_side, host_side);
+    let (pod, host) = (pod?, host?);
+    failpoint::hit("add-configured");
 
+    let ifb = bandwidth::create_ifb(w.host, &host, w.limits, &w.names.ifb, w.names.group).await?;
+    if let Some(i) = &ifb {
+        undo.push(Step::Link(i.name.clone()));
+        failpoint::hit("add-ifb");
+    }
+    bandwidth::shape_host(w.host, &host, w.limits, ifb.as_ref()).await?;
+    if w.limits.ingress.is_some() || w.limits.egress.is_some() {
+        failpoint::hit("add-shaped");
+    }
+
+    let result = result_of(&host, &pod, ifb.as_ref(), netns_path, &assigned);
+    state::write(&w.req.conf.state_dir, &record_of(w, &result, ifb))?;
+    undo.push(Step::Record);
+    failpoint::hit("add-recorded");
+    Ok(result)
+}
+
+fn record_of(w: &Wiring<'_>, result: &CniResult, ifb: Option<Link>) -> Record {
+    let conf = &w.req.conf;
+    Record {
+        host_ifname: Some(w.names.host_veth.clone()),
+        ifb: ifb.map(|l| l.name),
+        ipam_delegate: match w.plan {
+            Plan::Delegate { plugin, stdin, .. } => Some(Delegated {
+                plugin: plugin.clone(),
+                stdin: String::from_utf8_lossy(stdin).into_owned(),
+            }),
+            Plan::Builtin { .. } => None,
+        },
+        ..Record::new(
+            conf.name(),
+            &w.req.att.container_id,
+            &w.req.att.ifname,
+            Mode::Interface,
+            w.netns.path(),
+            result,
+        )
+    }
+}
+
+fn result_of(
+    host: &Link,
+    pod: &Link,
+    ifb: Option<&Link>,
+    netns: &std::path::Path,
+    a: &Assigned,
+) -> CniResult {
     let mut interfaces = vec![
         Interface {
             name: host.name.clone(),
@@ -216,14 +190,12 @@ async fn wire(
             name: pod.name.clone(),
             mac: pod.mac.clone(),
             mtu: pod.mtu,
-            sandbox: Some(netns.path().display().to_string()),
+            sandbox: Some(netns.display().to_string()),
             ..Default::default()
         },
     ];
-    if let Some(i) = &ifb {
-        interfaces.push(ifb_interface(i));
-    }
-    let result = CniResult {
+    interfaces.extend(ifb.map(bandwidth::ifb_interface));
+    CniResult {
         interfaces,
         ips: a
             .leases
@@ -236,39 +208,72 @@ async fn wire(
             .collect(),
         routes: a.routes.clone(),
         dns: a.dns.clone(),
+    }
+}
+
+/// A retried ADD (the runtime timed out, or we were killed) finds its own leftovers: the host
+/// veth and ifb by their deterministic names, a record, and leases (possibly with no record:
+/// killed between the lease and the record). They are this attachment's, so they go.
+async fn clear_previous_attempt(
+    host: &Host,
+    req: &Add,
+    names: &Names,
+    plan: &Plan,
+    target: &Target<'_>,
+) -> Result<()> {
+    let conf = &req.conf;
+    let (cid, ifname) = (&req.att.container_id, &req.att.ifname);
+    let links = link::delete_group(host, names.group, &[&names.host_veth, &names.ifb]).await?;
+    let record = match state::read(&conf.state_dir, conf.name(), cid, ifname) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!("replacing an unreadable attachment record: {e}");
+            None
+        }
     };
-    Ok((result, ifb))
+    if !links && record.is_none() {
+        return Ok(());
+    }
+    tracing::info!(container = %cid, ifname = %ifname,
+        "replacing leftovers of an earlier ADD (links: {links}, record: {})", record.is_some());
+    match (record.as_ref().and_then(|r| r.ipam_delegate.as_ref()), plan) {
+        // The delegate's DEL with what its ADD got, else with what this ADD would give it: it
+        // releases by container ID and ifname (host-local refuses a duplicate ADD otherwise).
+        (Some(d), _) => {
+            ipam::delegate::exec(&d.plugin, &req.path, "DEL", d.stdin.as_bytes()).await?;
+        }
+        (None, Plan::Delegate { .. }) => plan.undo(target).await?,
+        (None, Plan::Builtin { .. }) => {
+            ipam::release_owner(&conf.state_dir, conf.name(), &target.owner)?;
+        }
+    }
+    state::remove(&conf.state_dir, conf.name(), cid, ifname)
 }
 
 /// Pod end: addresses, up, then a link route to each gateway and the subnet via it (a routed
 /// point-to-point link: neighbours in the subnet are reached through the node), then the
 /// configured routes.
-async fn configure_pod(
-    h: &Handle,
-    ifname: &str,
-    leases: &[Lease],
-    routes: &[crate::cni::result::Route],
-) -> Result<Link> {
-    let l = link::by_name(h, ifname)
+async fn configure_pod(p: &Pod, ifname: &str, leases: &[Lease], routes: &[Route]) -> Result<Link> {
+    let l = link::by_name(p, ifname)
         .await?
         .ok_or_else(|| Error::Internal(format!("{ifname} vanished from the pod netns")))?;
     for lease in leases {
-        addr::add(h, l.index, lease.address, ifname).await?;
+        addr::add(p, l.index, lease.address, ifname).await?;
     }
-    link::set_up(h, l.index, ifname).await?;
+    link::set_up(p, l.index, ifname).await?;
     for lease in leases {
-        route::add(h, host_prefix(lease.gateway), None, l.index).await?;
-        route::add(h, lease.address, Some(lease.gateway), l.index).await?;
+        route::add(p, IpNetwork::from(lease.gateway), None, l.index).await?;
+        route::add(p, lease.address, Some(lease.gateway), l.index).await?;
     }
     for r in routes {
-        route::add(h, r.dst, r.gw, l.index).await?;
+        route::add(p, r.dst, r.gw, l.index).await?;
     }
     Ok(l)
 }
 
 /// Host end: up, the gateway addresses (as host routes, shared by every pod's veth), a route to
 /// each pod address, and forwarding.
-async fn configure_host(h: &Handle, host_name: &str, leases: &[Lease]) -> Result<Link> {
+async fn configure_host(h: &Host, host_name: &str, leases: &[Lease]) -> Result<Link> {
     let l = link::by_name(h, host_name)
         .await?
         .ok_or_else(|| Error::Internal(format!("{host_name} vanished right after creation")))?;
@@ -277,8 +282,8 @@ async fn configure_host(h: &Handle, host_name: &str, leases: &[Lease]) -> Result
     }
     link::set_up(h, l.index, host_name).await?;
     for lease in leases {
-        addr::add(h, l.index, host_prefix(lease.gateway), host_name).await?;
-        route::add(h, host_prefix(lease.address.ip()), None, l.index).await?;
+        addr::add(h, l.index, IpNetwork::from(lease.gateway), host_name).await?;
+        route::add(h, IpNetwork::from(lease.address.ip()), None, l.index).await?;
     }
     sysctl::enable_forwarding(
         leases.iter().any(|l| l.address.is_ipv4()),

@@ -7,15 +7,19 @@
 //! (`"pod"`: no extra device, so ADD and DEL are faster and the sender gets backpressure, but a
 //! pod holding CAP_NET_ADMIN could remove its own limit).
 
-use crate::cni::config::get_ci;
-use crate::cni::{Error, NetConf, Result};
+use crate::cni::config::{CaseInsensitive, Lenient};
+use crate::cni::result::Interface;
+use crate::cni::{Error, Result};
 use crate::dataplane::link::{self, Link};
 use crate::dataplane::tc::{self, Tbf};
-use rtnetlink::{Handle, LinkIfb};
+use crate::dataplane::{Host, Pod};
+use serde::Deserialize;
 use serde_json::Value;
 
-/// The burst containerd sends for annotation-derived limits: "unspecified".
+/// The burst containerd sends for annotation-derived limits (`math.MaxUint32`): "unspecified".
 pub const UNSPECIFIED_BURST: u64 = 4_294_967_295;
+/// The burst CRI-O sends for the same (`math.MaxUint32*8-1`): "unspecified" too.
+pub const UNSPECIFIED_BURST_CRIO: u64 = 34_359_738_359;
 /// An unspecified burst becomes this much traffic at the rate: at most 2 % over the rate in any
 /// 5-second average, yet enough that TCP's segmentation-offload packets (up to 64 KiB) pass the
 /// bucket whole at 10 Mbit/s and up and the queue (rate × 25 ms + burst) holds what TCP small
@@ -25,11 +29,65 @@ pub const DEFAULT_BURST_MS: u64 = 100;
 /// ...but at least this many full-size packets, or large packets could never pass.
 pub const DEFAULT_BURST_MIN_PACKETS: u64 = 2;
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum EgressShaping {
     #[default]
     Ifb,
     Pod,
+}
+
+/// A whole, non-negative number as the reference plugin reads it (`1e7` is fine, `-5` or `1.5`
+/// are not).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Whole(pub u64);
+
+impl<'de> Deserialize<'de> for Whole {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let v = Value::deserialize(d)?;
+        if let Some(n) = v.as_u64() {
+            return Ok(Whole(n));
+        }
+        match v.as_f64() {
+            Some(f) if f >= 0.0 && f.fract() == 0.0 && f <= u64::MAX as f64 => Ok(Whole(f as u64)),
+            _ => Err(serde::de::Error::custom(format!(
+                "{v} is not a non-negative whole number"
+            ))),
+        }
+    }
+}
+
+/// Rates and bursts from one source, as the reference plugin names them (keys matched
+/// case-insensitively: containerd sends `IngressRate`).
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct Entry {
+    #[serde(rename = "ingressrate")]
+    pub ingress_rate: Option<Lenient<Whole>>,
+    #[serde(rename = "ingressburst")]
+    pub ingress_burst: Option<Lenient<Whole>>,
+    #[serde(rename = "egressrate")]
+    pub egress_rate: Option<Lenient<Whole>>,
+    #[serde(rename = "egressburst")]
+    pub egress_burst: Option<Lenient<Whole>>,
+}
+
+/// `runtimeConfig`: only the `bandwidth` capability is holdfast's.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct RuntimeConfig {
+    pub bandwidth: Option<Lenient<CaseInsensitive<Entry>>>,
+}
+
+/// Every bandwidth key of a config. Values are kept leniently: only the verbs that shape (ADD,
+/// CHECK) turn a bad one into code 7, so a DEL after a failed ADD always runs.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct BandwidthConf {
+    /// The node-wide default, from the plugin config's top level.
+    #[serde(flatten)]
+    pub node: Entry,
+    #[serde(rename = "egressshaping")]
+    pub egress_shaping: Option<Lenient<EgressShaping>>,
+    #[serde(rename = "runtimeconfig")]
+    pub runtime: Option<Lenient<CaseInsensitive<RuntimeConfig>>>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -40,9 +98,6 @@ pub struct Limits {
 }
 
 impl Limits {
-    pub fn is_empty(&self) -> bool {
-        self.ingress.is_none() && self.egress.is_none()
-    }
     /// The egress limit when it is shaped on an ifb.
     pub fn ifb_egress(&self) -> Option<Tbf> {
         self.egress
@@ -53,134 +108,143 @@ impl Limits {
         self.egress
             .filter(|_| self.egress_shaping == EgressShaping::Pod)
     }
+
+    /// The limits of an attachment: the pod's (`runtimeConfig.bandwidth`) win per direction over
+    /// the node's. An invalid value is code 7 naming the key.
+    pub fn from_conf(conf: &BandwidthConf, mtu: Option<u32>) -> Result<Limits> {
+        let mtu = u64::from(mtu.unwrap_or(1500));
+        let pod = pod_entry(conf)?;
+        let node = Some(&conf.node);
+        let ingress = match pair(pod, "ingress", "runtimeConfig.bandwidth.")? {
+            Some(p) => Some(p),
+            None => pair(node, "ingress", "")?,
+        };
+        let egress = match pair(pod, "egress", "runtimeConfig.bandwidth.")? {
+            Some(p) => Some(p),
+            None => pair(node, "egress", "")?,
+        };
+        let egress_shaping = match &conf.egress_shaping {
+            None => EgressShaping::Ifb,
+            Some(Lenient(Ok(s))) => *s,
+            Some(Lenient(Err(_))) => {
+                return Err(Error::config("egressShaping is not \"ifb\" or \"pod\""));
+            }
+        };
+        Ok(Limits {
+            ingress: ingress
+                .map(|(r, b)| direction(r, b, "ingress", mtu))
+                .transpose()?,
+            egress: egress
+                .map(|(r, b)| direction(r, b, "egress", mtu))
+                .transpose()?,
+            egress_shaping,
+        })
+    }
 }
 
-fn number(v: &Value, key: &str) -> Result<u64> {
-    if let Some(n) = v.as_u64() {
-        return Ok(n);
+fn pod_entry(conf: &BandwidthConf) -> Result<Option<&Entry>> {
+    let runtime = match &conf.runtime {
+        None => return Ok(None),
+        Some(Lenient(Ok(r))) => &r.0,
+        Some(Lenient(Err(e))) => {
+            return Err(Error::config(format!("runtimeConfig: {e}")));
+        }
+    };
+    match &runtime.bandwidth {
+        None => Ok(None),
+        Some(Lenient(Ok(b))) => Ok(Some(&b.0)),
+        Some(Lenient(Err(_))) => Err(Error::config("runtimeConfig.bandwidth is not an object")),
     }
-    match v.as_f64() {
-        Some(f) if f >= 0.0 && f.fract() == 0.0 && f <= u64::MAX as f64 => Ok(f as u64),
-        _ => Err(Error::config(format!(
-            "{key} {v} is not a non-negative whole number"
-        ))),
+}
+
+fn value(v: &Option<Lenient<Whole>>, key: &str) -> Result<Option<u64>> {
+    match v {
+        None => Ok(None),
+        Some(Lenient(Ok(Whole(n)))) => Ok(Some(*n)),
+        Some(Lenient(Err(e))) => Err(Error::config(format!("{key} {e}"))),
     }
 }
 
 /// Rate and burst of one direction from one source (`None` if that source says nothing of it).
-fn pair(src: Option<&Value>, dir: &str, what: &str) -> Result<Option<(u64, u64)>> {
+fn pair(src: Option<&Entry>, dir: &str, what: &str) -> Result<Option<(u64, u64)>> {
     let Some(src) = src else { return Ok(None) };
-    let rate = get_ci(src, &format!("{dir}Rate"));
-    let burst = get_ci(src, &format!("{dir}Burst"));
+    let (rate, burst) = if dir == "ingress" {
+        (&src.ingress_rate, &src.ingress_burst)
+    } else {
+        (&src.egress_rate, &src.egress_burst)
+    };
+    let rate = value(rate, &format!("{what}{dir}Rate"))?;
+    let burst = value(burst, &format!("{what}{dir}Burst"))?;
     if rate.is_none() && burst.is_none() {
         return Ok(None);
     }
-    let rate = rate
-        .map(|v| number(v, &format!("{what}{dir}Rate")))
-        .transpose()?
-        .unwrap_or(0);
-    let burst = burst
-        .map(|v| number(v, &format!("{what}{dir}Burst")))
-        .transpose()?
-        .unwrap_or(0);
-    Ok(Some((rate, burst)))
+    Ok(Some((rate.unwrap_or(0), burst.unwrap_or(0))))
 }
 
-fn direction(rate: u64, burst: u64, dir: &str, mtu: u32) -> Result<Option<Tbf>> {
+fn direction(rate: u64, burst: u64, dir: &str, mtu: u64) -> Result<Tbf> {
     match (rate, burst) {
-        (0, 0) => Ok(None),
         (0, _) => Err(Error::config(format!(
             "{dir}Burst is set without {dir}Rate"
         ))),
         (_, 0) => Err(Error::config(format!(
             "{dir}Rate is set without {dir}Burst"
         ))),
-        (r, UNSPECIFIED_BURST) => {
-            let burst =
-                (r * DEFAULT_BURST_MS / 1000).max(DEFAULT_BURST_MIN_PACKETS * mtu as u64 * 8);
-            Tbf::new(r, burst, dir).map(Some)
+        (r, UNSPECIFIED_BURST | UNSPECIFIED_BURST_CRIO) => {
+            // In u128: a rate near u64::MAX must be rejected by Tbf::new as out of range, not
+            // overflow here.
+            let bucket = u128::from(r) * u128::from(DEFAULT_BURST_MS) / 1000;
+            let burst = u64::try_from(bucket)
+                .unwrap_or(u64::MAX)
+                .max(DEFAULT_BURST_MIN_PACKETS * mtu * 8);
+            Tbf::new(r, burst, dir)
         }
-        (r, b) => Tbf::new(r, b, dir).map(Some),
+        (r, b) => Tbf::new(r, b, dir),
     }
 }
 
-/// The limits for this attachment; invalid values are error 7 naming the key.
-pub fn from_conf(conf: &NetConf) -> Result<Limits> {
-    let mtu = conf.mtu.unwrap_or(1500);
-    let runtime = conf.runtime_config("bandwidth");
-    if let Some(r) = runtime
-        && !r.is_object()
-        && !r.is_null()
-    {
-        return Err(Error::config("runtimeConfig.bandwidth is not an object"));
+/// The result entry for an ifb, as the reference bandwidth plugin lists it.
+pub fn ifb_interface(ifb: &Link) -> Interface {
+    Interface {
+        name: ifb.name.clone(),
+        mac: ifb.mac.clone(),
+        mtu: ifb.mtu,
+        ..Default::default()
     }
-    let mut limits = Limits::default();
-    for dir in ["ingress", "egress"] {
-        let chosen = match pair(runtime, dir, "runtimeConfig.bandwidth.")? {
-            Some(p) => Some(p),
-            None => pair(Some(&conf.raw), dir, "")?,
-        };
-        let tbf = match chosen {
-            Some((rate, burst)) => direction(rate, burst, dir, mtu)?,
-            None => None,
-        };
-        if dir == "ingress" {
-            limits.ingress = tbf;
-        } else {
-            limits.egress = tbf;
-        }
-    }
-    limits.egress_shaping = match conf.get_ci("egressShaping").map(|v| v.as_str()) {
-        None | Some(Some("ifb")) => EgressShaping::Ifb,
-        Some(Some("pod")) => EgressShaping::Pod,
-        Some(other) => {
-            return Err(Error::config(format!(
-                "egressShaping {other:?} is not \"ifb\" or \"pod\""
-            )));
-        }
-    };
-    Ok(limits)
 }
 
-/// Shapes the host end: the ingress tbf, and for ifb egress shaping the ifb (created here, with
-/// the veth's MTU) plus the redirect. Returns the ifb.
-pub async fn apply_host(
-    h: &Handle,
+/// Shapes the host end: the ingress tbf, and the egress tbf on `ifb` plus the redirect to it.
+pub async fn shape_host(h: &Host, host: &Link, limits: &Limits, ifb: Option<&Link>) -> Result<()> {
+    if let Some(t) = &limits.ingress {
+        tc::set_root_tbf(h, host.index, &host.name, t).await?;
+    }
+    if let (Some(egress), Some(ifb)) = (limits.ifb_egress(), ifb) {
+        tc::set_root_tbf(h, ifb.index, &ifb.name, &egress).await?;
+        tc::redirect_ingress(h, host.index, &host.name, ifb.index).await?;
+    }
+    Ok(())
+}
+
+/// Creates the attachment's ifb when egress is shaped on one (with the veth's MTU, in the
+/// attachment's link group so DEL removes it with the veth in one kernel batch).
+pub async fn create_ifb(
+    h: &Host,
     host: &Link,
     limits: &Limits,
     ifb_name: &str,
     group: u32,
 ) -> Result<Option<Link>> {
-    if let Some(t) = &limits.ingress {
-        tc::set_root_tbf(h, host.index, &host.name, t).await?;
-    }
-    let Some(egress) = limits.ifb_egress() else {
+    if limits.ifb_egress().is_none() {
         return Ok(None);
-    };
-    // In the attachment's link group, so DEL removes it and the veth in one kernel batch.
-    let mut b = LinkIfb::new(ifb_name)
-        .up()
-        .append_extra_attribute(netlink_packet_route::link::LinkAttribute::Group(group));
-    if let Some(mtu) = host.mtu {
-        b = b.mtu(mtu);
     }
-    h.link()
-        .add(b.build())
-        .execute()
+    link::create_ifb(h, ifb_name, host.mtu, group)
         .await
-        .map_err(|e| Error::netlink(format!("creating ifb {ifb_name}"), &e))?;
-    let ifb = link::by_name(h, ifb_name)
-        .await?
-        .ok_or_else(|| Error::Internal(format!("{ifb_name} vanished right after creation")))?;
-    tc::set_root_tbf(h, ifb.index, ifb_name, &egress).await?;
-    tc::redirect_ingress(h, host.index, &host.name, ifb.index).await?;
-    Ok(Some(ifb))
+        .map(Some)
 }
 
-/// Shapes egress inside the pod (`egressShaping: "pod"`); runs in the pod's netns.
-pub async fn apply_pod(h: &Handle, pod: &Link, limits: &Limits) -> Result<()> {
+/// Shapes egress inside the pod (`egressShaping: "pod"`).
+pub async fn shape_pod(p: &Pod, pod: &Link, limits: &Limits) -> Result<()> {
     if let Some(t) = limits.pod_egress() {
-        tc::set_root_tbf(h, pod.index, &pod.name, &t).await?;
+        tc::set_root_tbf(p, pod.index, &pod.name, &t).await?;
     }
     Ok(())
 }
@@ -197,7 +261,7 @@ fn drift(what: &str, want: &Tbf, have: Option<Tbf>) -> Result<()> {
 }
 
 /// CHECK of the host side: tbf on the veth, the ifb, its tbf and the redirect to it.
-pub async fn check_host(h: &Handle, host: &Link, limits: &Limits, ifb_name: &str) -> Result<()> {
+pub async fn check_host(h: &Host, host: &Link, limits: &Limits, ifb_name: &str) -> Result<()> {
     if let Some(t) = &limits.ingress {
         drift(
             &format!("host interface {}", host.name),
@@ -228,7 +292,7 @@ pub async fn check_host(h: &Handle, host: &Link, limits: &Limits, ifb_name: &str
 }
 
 /// CHECK inside the pod (`egressShaping: "pod"`).
-pub async fn check_pod(h: &Handle, pod: &Link, limits: &Limits) -> Result<()> {
+pub async fn check_pod(h: &Pod, pod: &Link, limits: &Limits) -> Result<()> {
     if let Some(t) = limits.pod_egress() {
         drift(
             &format!("pod interface {}", pod.name),
@@ -243,70 +307,76 @@ pub async fn check_pod(h: &Handle, pod: &Link, limits: &Limits) -> Result<()> {
 mod tests {
     use super::*;
 
-    fn conf(extra: &str) -> NetConf {
-        NetConf::parse(
+    fn from_conf(extra: &str) -> Result<Limits> {
+        let c = crate::plugin::conf::Conf::parse(
             format!(r#"{{"cniVersion":"1.0.0","name":"n","type":"holdfast"{extra}}}"#).as_bytes(),
         )
-        .unwrap()
+        .unwrap();
+        Limits::from_conf(&c.bandwidth, c.mtu)
     }
 
     #[test]
     fn node_default_and_pod_override() {
-        let l = from_conf(&conf(r#","ingressRate":1000000,"ingressBurst":100000"#)).unwrap();
+        let l = from_conf(r#","ingressRate":1000000,"ingressBurst":100000"#).unwrap();
         assert_eq!(l.ingress.unwrap().rate, 125_000);
         assert!(l.egress.is_none());
         // containerd's CRI capitalises; the pod's value wins over the node default.
-        let l = from_conf(&conf(
+        let l = from_conf(
             r#","ingressRate":1000000,"ingressBurst":100000,
                "runtimeConfig":{"bandwidth":{"IngressRate":8000000,"IngressBurst":800000,"EgressRate":16000,"EgressBurst":16000}}"#,
-        ))
+        )
         .unwrap();
         assert_eq!(l.ingress.unwrap().rate, 1_000_000);
         assert_eq!(l.egress.unwrap().rate, 2_000);
         assert!(
-            from_conf(&conf(
-                r#","runtimeConfig":{"bandWidth":{"egressRate":8000,"egressBurst":8000}}"#
-            ))
-            .unwrap()
-            .egress
-            .is_some()
+            from_conf(r#","runtimeConfig":{"bandWidth":{"egressRate":8000,"egressBurst":8000}}"#,)
+                .unwrap()
+                .egress
+                .is_some()
         );
     }
 
     #[test]
     fn validation_names_the_key() {
-        let e = from_conf(&conf(r#","ingressRate":1000"#)).unwrap_err();
+        let e = from_conf(r#","ingressRate":1000"#).unwrap_err();
         assert_eq!(e.code(), 7);
         assert!(
             e.to_string()
                 .contains("ingressRate is set without ingressBurst"),
             "{e}"
         );
-        let e = from_conf(&conf(
-            r#","runtimeConfig":{"bandwidth":{"egressBurst":1000}}"#,
-        ))
-        .unwrap_err();
+        let e = from_conf(r#","runtimeConfig":{"bandwidth":{"egressBurst":1000}}"#).unwrap_err();
         assert!(
             e.to_string()
                 .contains("egressBurst is set without egressRate")
         );
-        let e = from_conf(&conf(r#","egressRate":-5,"egressBurst":10"#)).unwrap_err();
+        let e = from_conf(r#","egressRate":-5,"egressBurst":10"#).unwrap_err();
         assert!(e.to_string().contains("egressRate"));
-        let e = from_conf(&conf(r#","egressShaping":"tc""#)).unwrap_err();
+        let e = from_conf(r#","egressShaping":"tc""#).unwrap_err();
         assert!(e.to_string().contains("egressShaping"));
     }
 
     #[test]
     fn unspecified_burst_keeps_the_limit_honest() {
-        let l = from_conf(&conf(
+        let l = from_conf(
             r#","runtimeConfig":{"bandwidth":{"IngressRate":10000000,"IngressBurst":4294967295}}"#,
-        ))
+        )
         .unwrap();
         let t = l.ingress.unwrap();
         // 100 ms at 10 Mbit/s = 125 000 bytes, not 512 MiB.
         assert_eq!(t.limit, 1_250_000 * 25 / 1000 + 125_000);
-        let slow = from_conf(&conf(r#","ingressRate":100000,"ingressBurst":4294967295"#)).unwrap();
+        let slow = from_conf(r#","ingressRate":100000,"ingressBurst":4294967295"#).unwrap();
         // 100 ms at 100 kbit/s is 1250 bytes, less than a packet: two 1500-byte packets instead.
         assert_eq!(slow.ingress.unwrap().limit, 12_500 * 25 / 1000 + 3000);
+        // CRI-O's unspecified burst is the same bucket, not an error.
+        let crio = from_conf(
+            r#","runtimeConfig":{"bandwidth":{"ingressRate":10000000,"ingressBurst":34359738359}}"#,
+        )
+        .unwrap();
+        assert_eq!(crio.ingress, Some(t));
+        // A rate no bucket can hold is code 7, never an overflow.
+        let e = from_conf(r#","ingressRate":18446744073709551615,"ingressBurst":4294967295"#)
+            .unwrap_err();
+        assert_eq!(e.code(), 7);
     }
 }

@@ -1,18 +1,33 @@
 //! Chained mode: an earlier plugin (ptp, bridge, …) made the pod's interface; holdfast finds the
 //! host end of its veth and applies the bandwidth limits, then returns `prevResult` plus its ifb.
 
-use super::add::{ifb_interface, undo_links};
+use super::Add;
 use super::bandwidth::{self, Limits};
-use crate::cni::{CniResult, Env, Error, NetConf, Result};
+use super::undo::{Ctx, Step, Undo};
+use crate::cni::{CniResult, Error, Result};
 use crate::dataplane::link::{self, Link};
+use crate::dataplane::names::Names;
 use crate::dataplane::netns::Netns;
-use crate::dataplane::{names, tc};
+use crate::dataplane::{Host, Pod};
+use crate::failpoint;
 use crate::state::{self, Mode, Record};
-use rtnetlink::Handle;
+
+/// An earlier plugin already put `CNI_IFNAME` into this sandbox.
+pub fn earlier_interface(req: &Add) -> bool {
+    let ns = req.netns.to_string_lossy();
+    req.prev.as_ref().is_some_and(|prev| {
+        prev.interfaces.iter().any(|i| {
+            i.name == req.att.ifname
+                && i.sandbox
+                    .as_deref()
+                    .is_some_and(|s| !s.is_empty() && s == ns)
+        })
+    })
+}
 
 /// The host end of the pod's veth: the pod end's peer index names it; `prevResult`'s host
 /// interfaces are tried first (cheap, by name), then the index itself.
-pub async fn host_end(h: &Handle, prev: &CniResult, pod: &Link) -> Result<Link> {
+pub async fn host_end(h: &Host, prev: &CniResult, pod: &Link) -> Result<Link> {
     let peer = pod.peer_index.ok_or_else(|| {
         Error::config(format!(
             "{} in the pod is not a veth: cannot find its host end",
@@ -38,66 +53,91 @@ pub async fn host_end(h: &Handle, prev: &CniResult, pod: &Link) -> Result<Link> 
     })
 }
 
-pub async fn add(
-    h: Handle,
-    env: &Env,
-    conf: &NetConf,
-    netns: Netns,
-    limits: Limits,
-) -> Result<CniResult> {
-    let prev = conf.prev_result.clone().unwrap_or_default();
-    let ifb_name = names::ifb(&env.container_id, &env.ifname);
+pub async fn add(req: &Add) -> Result<CniResult> {
+    let limits = Limits::from_conf(&req.conf.bandwidth, req.conf.mtu)?;
+    let netns = Netns::open(&req.netns)?;
+    let host = Host::connect()?;
+    let pod = netns.connect()?;
+    let names = Names::of(&req.att.container_id, &req.att.ifname);
     // A retried ADD: our ifb from last time goes first.
-    link::delete_by_name(&h, &ifb_name).await?;
+    link::delete_by_name(&host, &names.ifb).await?;
 
-    let ph = netns.connect()?;
-    let ifname = &env.ifname;
-    let pod = link::by_name(&ph, ifname).await?.ok_or_else(|| {
+    let target = super::add::target(req);
+    let mut undo = Undo::default();
+    match steps(req, &host, &pod, &netns, &names, &limits, &mut undo).await {
+        Ok(result) => {
+            undo.commit();
+            Ok(result)
+        }
+        Err(e) => {
+            // The veth is the earlier plugin's: only what this ADD added to it goes (its qdiscs
+            // are cleared to the kernel's default; the earlier plugins of a chain that holdfast
+            // follows set none).
+            let cx = Ctx {
+                host: &host,
+                pod: Some(&pod),
+                plan: None,
+                target: &target,
+                state_dir: &req.conf.state_dir,
+            };
+            undo.unwind(&cx).await;
+            Err(e)
+        }
+    }
+}
+
+async fn steps(
+    req: &Add,
+    host: &Host,
+    pod: &Pod,
+    netns: &Netns,
+    names: &Names,
+    limits: &Limits,
+    undo: &mut Undo,
+) -> Result<CniResult> {
+    let ifname = &req.att.ifname;
+    let pod_link = link::by_name(pod, ifname).await?.ok_or_else(|| {
         Error::UnknownContainer(format!(
             "interface {ifname} from prevResult is not in the pod"
         ))
     })?;
-    bandwidth::apply_pod(&ph, &pod, &limits).await?;
+    if limits.pod_egress().is_some() {
+        undo.push(Step::PodQdiscs(pod_link.clone()));
+        bandwidth::shape_pod(pod, &pod_link, limits).await?;
+    }
+    let prev = req.prev.clone().unwrap_or_default();
+    let host_link = host_end(host, &prev, &pod_link).await?;
+    if limits.ingress.is_some() || limits.ifb_egress().is_some() {
+        undo.push(Step::HostQdiscs(host_link.clone()));
+    }
+    let ifb = bandwidth::create_ifb(host, &host_link, limits, &names.ifb, names.group).await?;
+    if let Some(i) = &ifb {
+        undo.push(Step::Link(i.name.clone()));
+        failpoint::hit("add-ifb");
+    }
+    bandwidth::shape_host(host, &host_link, limits, ifb.as_ref()).await?;
+    if limits.ingress.is_some() || limits.egress.is_some() {
+        failpoint::hit("add-shaped");
+    }
 
-    let mut shaped: Option<Link> = None;
-    let outcome = async {
-        let host = host_end(&h, &prev, &pod).await?;
-        shaped = Some(host.clone());
-        let group = names::group(&env.container_id, &env.ifname);
-        let ifb = bandwidth::apply_host(&h, &host, &limits, &ifb_name, group).await?;
-        let mut result = prev.clone();
-        if let Some(i) = &ifb {
-            result.interfaces.push(ifb_interface(i));
-        }
-        let record = Record {
-            host_ifname: Some(host.name.clone()),
-            ifb: ifb.map(|l| l.name),
-            ..Record::new(
-                &conf.name,
-                &env.container_id,
-                &env.ifname,
-                Mode::Chained,
-                netns.path(),
-                &result,
-            )
-        };
-        state::write(&conf.state_dir, &record)?;
-        Ok(result)
-    }
-    .await;
-    if outcome.is_err() {
-        // The veth is the earlier plugin's: put its qdiscs back the way we found them.
-        undo_links(&h, &[&ifb_name]).await;
-        if let Some(host) = &shaped
-            && let Err(e) = tc::clear(&h, host.index, &host.name).await
-        {
-            tracing::warn!("undoing ADD: {e}");
-        }
-        if limits.pod_egress().is_some()
-            && let Err(e) = tc::clear(&ph, pod.index, &pod.name).await
-        {
-            tracing::warn!("undoing ADD: {e}");
-        }
-    }
-    outcome
+    let mut result = prev;
+    result
+        .interfaces
+        .extend(ifb.as_ref().map(bandwidth::ifb_interface));
+    let record = Record {
+        host_ifname: Some(host_link.name.clone()),
+        ifb: ifb.map(|l| l.name),
+        ..Record::new(
+            req.conf.name(),
+            &req.att.container_id,
+            ifname,
+            Mode::Chained,
+            netns.path(),
+            &result,
+        )
+    };
+    state::write(&req.conf.state_dir, &record)?;
+    undo.push(Step::Record);
+    failpoint::hit("add-recorded");
+    Ok(result)
 }

@@ -1,90 +1,85 @@
 //! CHECK: does the attachment still look like `prevResult` and the config say? Names the first
 //! thing that differs. Reads only the kernel and local files.
 
-use super::bandwidth;
-use crate::cni::{CniResult, Env, Error, NetConf, Result};
-use crate::dataplane::netns::{Netns, block_on_netlink};
-use crate::dataplane::{addr, link, names, route};
+use super::Check;
+use super::bandwidth::{self, Limits};
+use crate::cni::{CniResult, Error, Result};
+use crate::dataplane::netns::Netns;
+use crate::dataplane::{Host, Pod, addr, link, names, route};
 use crate::ipam::store::{Owner, Store};
-use crate::state;
+use crate::state::{self, Mode, Record};
 
-pub fn check(env: &Env, conf: &NetConf) -> Result<()> {
-    let prev = conf
-        .prev_result
-        .as_ref()
-        .ok_or_else(|| Error::config("CHECK needs prevResult"))?;
-    let netns_path = env
-        .netns
-        .as_deref()
-        .ok_or_else(|| Error::InvalidEnv("required env variables [CNI_NETNS] missing".into()))?;
-    let limits = bandwidth::from_conf(conf)?;
-    let netns = Netns::open(netns_path)?;
-    let record = state::read(&conf.state_dir, &conf.name, &env.container_id, &env.ifname)?
-        .ok_or_else(|| {
-            Error::CheckFailed(format!(
-                "no attachment record for container {} interface {}",
-                env.container_id, env.ifname
-            ))
-        })?;
-
-    let host_name = record
-        .host_ifname
-        .clone()
-        .unwrap_or_else(|| names::host_veth(&env.container_id, &env.ifname));
-    let ifb_name = names::ifb(&env.container_id, &env.ifname);
-    let host_limits = limits.clone();
-    block_on_netlink(|h| async move {
-        let host = link::by_name(&h, &host_name)
-            .await?
-            .ok_or_else(|| Error::CheckFailed(format!("host interface {host_name} is missing")))?;
-        if !host.up {
-            return Err(Error::CheckFailed(format!(
-                "host interface {host_name} is down"
-            )));
-        }
-        bandwidth::check_host(&h, &host, &host_limits, &ifb_name).await
+pub async fn check(req: &Check) -> Result<()> {
+    let conf = &req.conf;
+    let limits = Limits::from_conf(&conf.bandwidth, conf.mtu)?;
+    let netns = Netns::open(&req.netns)?;
+    let (cid, ifname) = (&req.att.container_id, &req.att.ifname);
+    let record = state::read(&conf.state_dir, conf.name(), cid, ifname)?.ok_or_else(|| {
+        Error::CheckFailed(format!(
+            "no attachment record for container {cid} interface {ifname}"
+        ))
     })?;
-
-    let ifname = env.ifname.clone();
-    let expected = prev.clone();
+    let host = Host::connect()?;
+    let pod = netns.connect()?;
     let sandbox = netns.path().display().to_string();
-    let chained = record.mode == state::Mode::Chained;
-    netns.run(move |h| async move {
-        // In chained mode the interface, addresses and routes are the earlier plugin's to check.
-        let l = if chained {
-            link::by_name(&h, &ifname).await?.ok_or_else(|| {
-                Error::CheckFailed(format!("interface {ifname} is missing from {sandbox}"))
-            })?
-        } else {
-            check_pod(&h, &ifname, &sandbox, &expected).await?
-        };
-        bandwidth::check_pod(&h, &l, &limits).await
-    })?;
-    if chained {
+    let (h, p) = futures::join!(
+        check_host_side(&host, req, &record, &limits),
+        check_pod_side(&pod, req, &record, &sandbox, &limits)
+    );
+    h?;
+    p?;
+    if record.mode == Mode::Chained || conf.ipam.delegate().is_some() {
         return Ok(());
     }
-
-    if conf.ipam.delegate().is_none() {
-        let store = Store::open(&conf.state_dir, &conf.name)?;
-        let owner = Owner::new(&env.container_id, &env.ifname);
-        for ip in &record.ips {
-            if store.owner(*ip).as_ref() != Some(&owner) {
-                return Err(Error::CheckFailed(format!(
-                    "IPAM lease for {ip} is not held by container {} interface {}",
-                    env.container_id, env.ifname
-                )));
-            }
+    let store = Store::open(&conf.state_dir, conf.name())?;
+    let owner = Owner::new(cid, ifname);
+    for ip in &record.ips {
+        if store.owner(*ip).as_ref() != Some(&owner) {
+            return Err(Error::CheckFailed(format!(
+                "IPAM lease for {ip} is not held by container {cid} interface {ifname}"
+            )));
         }
     }
     Ok(())
 }
 
-async fn check_pod(
-    h: &rtnetlink::Handle,
-    ifname: &str,
+async fn check_host_side(h: &Host, req: &Check, record: &Record, limits: &Limits) -> Result<()> {
+    let (cid, ifname) = (&req.att.container_id, &req.att.ifname);
+    let host_name = record
+        .host_ifname
+        .clone()
+        .unwrap_or_else(|| names::host_veth(cid, ifname));
+    let host = link::by_name(h, &host_name)
+        .await?
+        .ok_or_else(|| Error::CheckFailed(format!("host interface {host_name} is missing")))?;
+    if !host.up {
+        return Err(Error::CheckFailed(format!(
+            "host interface {host_name} is down"
+        )));
+    }
+    bandwidth::check_host(h, &host, limits, &names::ifb(cid, ifname)).await
+}
+
+/// In chained mode the interface, addresses and routes are the earlier plugin's to check.
+async fn check_pod_side(
+    p: &Pod,
+    req: &Check,
+    record: &Record,
     sandbox: &str,
-    prev: &CniResult,
-) -> Result<link::Link> {
+    limits: &Limits,
+) -> Result<()> {
+    let ifname = &req.att.ifname;
+    let l = if record.mode == Mode::Chained {
+        link::by_name(p, ifname).await?.ok_or_else(|| {
+            Error::CheckFailed(format!("interface {ifname} is missing from {sandbox}"))
+        })?
+    } else {
+        check_pod(p, ifname, sandbox, &req.prev).await?
+    };
+    bandwidth::check_pod(p, &l, limits).await
+}
+
+async fn check_pod(h: &Pod, ifname: &str, sandbox: &str, prev: &CniResult) -> Result<link::Link> {
     let idx = prev
         .interfaces
         .iter()

@@ -1,82 +1,75 @@
 //! DEL: best effort, idempotent, and never dependent on the API or on the pod netns still
-//! existing. Everything it removes is found by deterministic name or from local records.
+//! existing. Everything it removes is found by deterministic name or from local records; every
+//! step is tried, and the failures are reported together with the code of the telling one.
 
-use crate::cni::{Env, Error, NetConf, Result};
-use crate::dataplane::netns::block_on_netlink;
-use crate::dataplane::{link, names};
-use crate::ipam;
-use crate::state;
+use super::Del;
+use crate::cni::{Error, Result};
+use crate::dataplane::names::Names;
+use crate::dataplane::{Host, link};
+use crate::ipam::store::Owner;
+use crate::ipam::{self, delegate};
+use crate::state::{self, Mode, Record};
 
-pub fn del(env: &Env, conf: &NetConf) -> Result<()> {
-    let record = match state::read(&conf.state_dir, &conf.name, &env.container_id, &env.ifname) {
+pub async fn del(req: &Del) -> Result<()> {
+    let conf = &req.conf;
+    let (cid, ifname) = (&req.att.container_id, &req.att.ifname);
+    let record = match state::read(&conf.state_dir, conf.name(), cid, ifname) {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!("ignoring unreadable attachment record: {e}");
             None
         }
     };
-    let mut errors: Vec<String> = Vec::new();
+    let mut errors: Vec<Error> = Vec::new();
 
     // Deleting the host end takes the pod end with it, wherever the pod netns is. The veth and
     // the ifb share a link group and go in one kernel batch (one RCU grace period, which is most
     // of DEL's time). In chained mode no link has our veth name: the veth is the earlier
     // plugin's, and it deletes it.
-    let host = names::host_veth(&env.container_id, &env.ifname);
-    let ifb = names::ifb(&env.container_id, &env.ifname);
-    let group = names::group(&env.container_id, &env.ifname);
-    let links = block_on_netlink(|h| async move {
-        Ok(match link::delete_group(&h, group, &[&host, &ifb]).await {
-            Ok(()) => Vec::new(),
-            Err(e) => vec![e.to_string()],
-        })
-    })?;
-    errors.extend(links);
-
-    let chained = record
-        .as_ref()
-        .is_some_and(|r| r.mode == state::Mode::Chained);
-    match record.as_ref().and_then(|r| r.ipam_delegate.as_ref()) {
-        _ if chained => {}
-        Some(d) => {
-            if let Err(e) = run_delegate_del(env, &d.plugin, d.stdin.as_bytes()) {
-                errors.push(e.to_string());
-            }
-        }
-        None => match conf.ipam.delegate() {
-            // No record (ADD never finished, or a second DEL): ask the delegate anyway with this
-            // config; it releases by container ID and ifname.
-            Some(plugin) => {
-                let cidrs = conf
-                    .kubernetes
-                    .as_ref()
-                    .and_then(|k| crate::cluster::cached_pod_cidrs(k, &conf.state_dir));
-                let stdin = ipam::delegate_stdin(conf, cidrs.as_deref())
-                    .unwrap_or_else(|_| conf.raw.to_string().into_bytes());
-                if let Err(e) = run_delegate_del(env, plugin, &stdin) {
-                    errors.push(e.to_string());
-                }
-            }
-            None => {
-                let known = record.as_ref().map(|r| r.ips.as_slice());
-                if let Err(e) = ipam::release_builtin(conf, env, known) {
-                    errors.push(e.to_string());
-                }
-            }
-        },
+    let names = Names::of(cid, ifname);
+    let host = Host::connect()?;
+    if let Err(e) = link::delete_group(&host, names.group, &[&names.host_veth, &names.ifb]).await {
+        errors.push(e);
     }
-
+    if let Err(e) = release(req, record.as_ref()).await {
+        errors.push(e);
+    }
     if errors.is_empty() {
-        state::remove(&conf.state_dir, &conf.name, &env.container_id, &env.ifname)?;
-        Ok(())
-    } else {
-        // Keep the record so a retried DEL knows what is left.
-        Err(Error::Internal(format!(
-            "DEL incomplete: {}",
-            errors.join("; ")
-        )))
+        // Kept otherwise, so a retried DEL knows what is left.
+        state::remove(&conf.state_dir, conf.name(), cid, ifname)?;
     }
+    Error::all("DEL incomplete", errors)
 }
 
-fn run_delegate_del(env: &Env, plugin: &str, stdin: &[u8]) -> Result<()> {
-    crate::runtime::block_on(ipam::delegate::exec(plugin, env, "DEL", stdin)).map(|_| ())
+/// Gives back the attachment's addresses: a chained attachment has none of ours; a delegated
+/// one gets the DEL its ADD recorded (or, without a record, one with this config: the plugin
+/// releases by container ID and ifname); built-in leases go by owner, every one the attachment
+/// holds, also those of a killed ADD that no record names.
+async fn release(req: &Del, record: Option<&Record>) -> Result<()> {
+    let conf = &req.conf;
+    if record.is_some_and(|r| r.mode == Mode::Chained) {
+        return Ok(());
+    }
+    if let Some(d) = record.and_then(|r| r.ipam_delegate.as_ref()) {
+        return delegate::exec(&d.plugin, &req.path, "DEL", d.stdin.as_bytes())
+            .await
+            .map(|_| ());
+    }
+    let Some(plugin) = conf.ipam.delegate() else {
+        let owner = Owner::new(&req.att.container_id, &req.att.ifname);
+        return ipam::release_owner(&conf.state_dir, conf.name(), &owner).map(|_| ());
+    };
+    match conf
+        .ipam
+        .delegate_stdin(&conf.net.raw, conf.cached_pod_cidrs().as_deref())
+    {
+        Ok(stdin) => delegate::exec(plugin, &req.path, "DEL", &stdin)
+            .await
+            .map(|_| ()),
+        // Without the node's podCIDRs no ADD can have given the plugin an address.
+        Err(e) => {
+            tracing::warn!("not asking {plugin} to release anything: {e}");
+            Ok(())
+        }
+    }
 }

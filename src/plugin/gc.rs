@@ -3,141 +3,171 @@
 //! With a delegated IPAM plugin, each stale attachment's lease is released by the DEL its ADD
 //! recorded (any IPAM plugin understands DEL; Debian's host-local 1.1.1 has no GC), and then GC
 //! itself is passed on to a plugin that speaks 1.1.0, as the reference plugins do, for leases no
-//! record knows of.
+//! record knows of. GC never asks the API: `usePodCidr` comes from the cache.
 
-use crate::cni::{Env, Error, NetConf, Result};
-use crate::dataplane::link;
-use crate::dataplane::netns::block_on_netlink;
+use super::Gc;
+use crate::cni::config::AttachmentId;
+use crate::cni::{Error, Result};
+use crate::dataplane::names::{self, Names};
+use crate::dataplane::{Host, link};
 use crate::ipam::store::{Owner, Store};
 use crate::ipam::{self, delegate};
-use crate::state;
-use serde_json::Value;
+use crate::state::{self, Mode, Record};
 
-/// The runtime's list of attachments to keep; `None` when it sent none (then nothing is removed).
-fn valid_attachments(conf: &NetConf) -> Result<Option<Vec<Owner>>> {
-    let list = conf
-        .raw
-        .get("cni.dev/valid-attachments")
-        .or_else(|| conf.raw.get("cni.dev/attachments"));
-    let Some(list) = list else { return Ok(None) };
-    let arr = list
-        .as_array()
-        .ok_or_else(|| Error::config("cni.dev/valid-attachments is not a list"))?;
-    let mut out = Vec::new();
-    for (i, a) in arr.iter().enumerate() {
-        let cid = a.get("containerID").and_then(Value::as_str);
-        let ifn = a.get("ifname").and_then(Value::as_str);
-        match (cid, ifn) {
-            (Some(c), Some(i)) => out.push(Owner::new(c, i)),
-            _ => {
-                return Err(Error::config(format!(
-                    "cni.dev/valid-attachments[{i}] needs containerID and ifname"
-                )));
-            }
-        }
-    }
-    Ok(Some(out))
-}
-
-pub fn gc(env: &Env, conf: &NetConf) -> Result<()> {
-    let Some(valid) = valid_attachments(conf)? else {
+pub async fn gc(req: &Gc) -> Result<()> {
+    let Some(valid) = &req.valid else {
         tracing::info!("GC without a list of valid attachments: removing nothing");
         return Ok(());
     };
+    let conf = &req.conf;
     let keep = |cid: &str, ifn: &str| {
         valid
             .iter()
-            .any(|o| o.container_id == cid && o.ifname == ifn)
+            .any(|a| a.container_id == cid && a.ifname == ifn)
     };
-    let mut errors: Vec<String> = Vec::new();
+    let mut errors: Vec<Error> = Vec::new();
 
-    let (records, unreadable) = state::list(&conf.state_dir, &conf.name);
+    let (records, unreadable) = state::list(&conf.state_dir, conf.name());
     for (p, e) in unreadable {
-        errors.push(format!("unreadable record {}: {e}", p.display()));
+        errors.push(Error::decode(
+            format!("attachment record {}", p.display()),
+            e,
+        ));
     }
-    let mut stale: Vec<state::Record> = records
+    let stale: Vec<Record> = records
         .into_iter()
         .filter(|r| !keep(&r.container_id, &r.ifname))
         .collect();
     // A record whose delegated lease could not be released stays, so the next GC retries it.
-    stale.retain(|r| match &r.ipam_delegate {
-        Some(d) if r.mode == state::Mode::Interface => {
-            let released = crate::runtime::block_on(delegate::exec_for(
-                &d.plugin,
-                env,
-                "DEL",
-                d.stdin.as_bytes(),
-                Some((&r.container_id, &r.ifname)),
-            ));
-            match released {
-                Ok(_) => true,
-                Err(e) => {
-                    errors.push(e.to_string());
-                    false
-                }
-            }
-        }
-        _ => true,
-    });
-    let links: Vec<String> = stale
-        .iter()
-        .filter(|r| r.mode == state::Mode::Interface)
-        .filter_map(|r| r.host_ifname.clone())
-        .chain(stale.iter().filter_map(|r| r.ifb.clone()))
-        .collect();
-    if !links.is_empty() {
-        let errs = block_on_netlink(|h| async move {
-            let mut errs = Vec::new();
-            for name in links {
-                if let Err(e) = link::delete_by_name(&h, &name).await {
-                    errs.push(e.to_string());
-                }
-            }
-            Ok(errs)
-        })?;
-        errors.extend(errs);
-    }
-
-    if conf.ipam.delegate().is_none() && Store::dir_of(&conf.state_dir, &conf.name).exists() {
-        match Store::open(&conf.state_dir, &conf.name).and_then(|s| {
-            let mut errs = Vec::new();
-            for (ip, owner) in s.leases()? {
-                if !keep(&owner.container_id, &owner.ifname)
-                    && let Err(e) = s.release(ip, &owner)
-                {
-                    errs.push(e.to_string());
-                }
-            }
-            Ok(errs)
-        }) {
-            Ok(errs) => errors.extend(errs),
-            Err(e) => errors.push(e.to_string()),
+    let mut released = Vec::new();
+    for r in stale {
+        match release_delegated(req, &r).await {
+            Ok(()) => released.push(r),
+            Err(e) => errors.push(e),
         }
     }
-
-    // GC never asks the API: `usePodCidr` comes from the cache.
+    let stale_leases = match conf.ipam.delegate() {
+        Some(_) => Vec::new(),
+        None => stale_leases(req, valid, &mut errors),
+    };
+    let host = Host::connect()?;
+    delete_links(&host, &released, &stale_leases, &mut errors).await;
+    release_leases(req, &stale_leases, &mut errors);
     if let Some(plugin) = conf.ipam.delegate() {
-        let cidrs = conf
-            .kubernetes
-            .as_ref()
-            .and_then(|k| crate::cluster::cached_pod_cidrs(k, &conf.state_dir));
-        if let Err(e) = ipam::pass_on(env, conf, plugin, "GC", cidrs.as_deref()) {
-            errors.push(e.to_string());
+        let pass = match conf
+            .ipam
+            .delegate_stdin(&conf.net.raw, conf.cached_pod_cidrs().as_deref())
+        {
+            Ok(stdin) => {
+                ipam::pass_on(
+                    plugin,
+                    &req.path,
+                    &conf.net.version.to_string(),
+                    "GC",
+                    &stdin,
+                )
+                .await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = pass {
+            errors.push(e);
         }
     }
+    for r in &released {
+        if let Err(e) = state::remove(&conf.state_dir, conf.name(), &r.container_id, &r.ifname) {
+            errors.push(e);
+        }
+    }
+    tracing::info!(removed = released.len(), errors = errors.len(), "GC done");
+    Error::all("GC finished with errors", errors)
+}
 
-    for r in &stale {
-        if let Err(e) = state::remove(&conf.state_dir, &conf.name, &r.container_id, &r.ifname) {
-            errors.push(e.to_string());
+/// The DEL a stale interface-mode attachment's delegated ADD recorded, with its own IDs.
+async fn release_delegated(req: &Gc, r: &Record) -> Result<()> {
+    match &r.ipam_delegate {
+        Some(d) if r.mode == Mode::Interface => delegate::exec_for(
+            &d.plugin,
+            &req.path,
+            "DEL",
+            d.stdin.as_bytes(),
+            Some((&r.container_id, &r.ifname)),
+        )
+        .await
+        .map(|_| ()),
+        _ => Ok(()),
+    }
+}
+
+/// Built-in leases whose holder is not in the runtime's list, record or not (an ADD killed before
+/// its record leaves a lease only).
+fn stale_leases(
+    req: &Gc,
+    valid: &[AttachmentId],
+    errors: &mut Vec<Error>,
+) -> Vec<(std::net::IpAddr, Owner)> {
+    let conf = &req.conf;
+    if !Store::dir_of(&conf.state_dir, conf.name()).exists() {
+        return Vec::new();
+    }
+    match Store::open(&conf.state_dir, conf.name()).and_then(|s| s.leases()) {
+        Ok(leases) => leases
+            .into_iter()
+            .filter(|(_, o)| {
+                !valid
+                    .iter()
+                    .any(|a| a.container_id == o.container_id && a.ifname == o.ifname)
+            })
+            .collect(),
+        Err(e) => {
+            errors.push(e);
+            Vec::new()
         }
     }
-    tracing::info!(removed = stale.len(), errors = errors.len(), "GC done");
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::Internal(format!(
-            "GC finished with errors: {}",
-            errors.join("; ")
-        )))
+}
+
+/// The host links of stale attachments: what their records name (only names holdfast makes:
+/// a record is a file, and a file can be wrong) and the deterministic names of every stale lease
+/// holder (a killed ADD leaves links and a lease but no record).
+async fn delete_links(
+    host: &Host,
+    records: &[Record],
+    leases: &[(std::net::IpAddr, Owner)],
+    errors: &mut Vec<Error>,
+) {
+    let mut doomed: Vec<String> = records
+        .iter()
+        .filter(|r| r.mode == Mode::Interface)
+        .filter_map(|r| r.host_ifname.clone())
+        .chain(records.iter().filter_map(|r| r.ifb.clone()))
+        .filter(|n| names::is_ours(n))
+        .collect();
+    for (_, o) in leases {
+        let n = Names::of(&o.container_id, &o.ifname);
+        doomed.extend([n.host_veth, n.ifb]);
+    }
+    doomed.sort();
+    doomed.dedup();
+    for name in doomed {
+        if let Err(e) = link::delete_by_name(host, &name).await {
+            errors.push(e);
+        }
+    }
+}
+
+fn release_leases(req: &Gc, leases: &[(std::net::IpAddr, Owner)], errors: &mut Vec<Error>) {
+    if leases.is_empty() {
+        return;
+    }
+    let conf = &req.conf;
+    match Store::open(&conf.state_dir, conf.name()) {
+        Ok(s) => {
+            for (ip, owner) in leases {
+                if let Err(e) = s.release(*ip, owner) {
+                    errors.push(e);
+                }
+            }
+        }
+        Err(e) => errors.push(e),
     }
 }

@@ -1,51 +1,54 @@
-//! STATUS: can this plugin take an ADD right now?
+//! STATUS: can this plugin take an ADD right now? Changes nothing, and asks the API only when
+//! no cache of the node's podCIDRs exists.
 
-use crate::cni::{Env, Error, NetConf, Result};
+use super::Status;
+use crate::cni::{Error, Result};
 use crate::ipam::range;
 use crate::ipam::store::Store;
+use std::path::Path;
 
-pub fn status(env: &Env, conf: &NetConf) -> Result<()> {
-    let dir = &conf.state_dir;
-    std::fs::create_dir_all(dir).map_err(|e| {
-        Error::NotAvailable(format!("stateDir {} is not usable: {e}", dir.display()))
-    })?;
-    nix::unistd::access(
-        dir,
-        nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
-    )
-    .map_err(|e| Error::NotAvailable(format!("stateDir {} is not writable: {e}", dir.display())))?;
-    // podCIDRs from the cache; only without one does STATUS have to ask the API.
-    let cidrs = if crate::cluster::needs_pod_cidrs(conf) {
-        let kube =
-            crate::cluster::kube_conf(conf).map_err(|e| Error::NotAvailable(e.to_string()))?;
-        match crate::cluster::cached_pod_cidrs(kube, dir) {
+pub async fn status(req: &Status) -> Result<()> {
+    let conf = &req.conf;
+    writable(&conf.state_dir)?;
+    let cidrs = match conf.ipam.uses_pod_cidr() {
+        false => None,
+        true => match conf.cached_pod_cidrs() {
             Some(c) => Some(c),
-            None => Some(
-                crate::runtime::block_on(crate::cluster::for_add(kube, dir))
-                    .map_err(|e| Error::NotAvailable(format!("node podCIDRs unknown: {e}")))?
-                    .pod_cidrs,
-            ),
-        }
-    } else {
-        None
+            None => {
+                let kube = conf
+                    .kube()
+                    .map_err(|e| Error::NotAvailable(e.to_string()))?;
+                let info = crate::cluster::for_add(kube, &conf.state_dir)
+                    .await
+                    .map_err(|e| Error::NotAvailable(format!("node podCIDRs unknown: {e}")))?;
+                Some(info.pod_cidrs)
+            }
+        },
     };
     // A delegated plugin answers for its own addresses, as the reference plugins let it.
     if let Some(plugin) = conf.ipam.delegate() {
-        return crate::ipam::pass_on(env, conf, plugin, "STATUS", cidrs.as_deref()).map(|_| ());
+        let stdin = conf.ipam.delegate_stdin(&conf.net.raw, cidrs.as_deref())?;
+        let version = conf.net.version.to_string();
+        return crate::ipam::pass_on(plugin, &req.path, &version, "STATUS", &stdin)
+            .await
+            .map(|_| ());
     }
-    let sets = range::resolve(&conf.ipam.ranges, cidrs.as_deref())
+    let sets = conf
+        .ipam
+        .expanded_ranges(cidrs.as_deref())
+        .and_then(|r| range::resolve(&r))
         .map_err(|e| Error::NotAvailable(format!("IPAM is not usable: {e}")))?;
-    let store = Store::open(dir, &conf.name)
-        .map_err(|e| Error::NotAvailable(format!("IPAM store is not usable: {e}")))?;
-    let leases = store
-        .leases()
-        .map_err(|e| Error::NotAvailable(e.to_string()))?;
-    for (i, set) in sets.iter().enumerate() {
-        let cap: u128 = set.iter().map(|r| r.capacity()).sum();
-        let used = leases
-            .iter()
-            .filter(|(ip, _)| set.iter().any(|r| r.contains(*ip) && *ip != r.gateway))
-            .count() as u128;
+    let leases = match Store::dir_of(&conf.state_dir, conf.name()).exists() {
+        false => Vec::new(),
+        true => Store::open(&conf.state_dir, conf.name())
+            .and_then(|s| s.leases())
+            .map_err(|e| Error::NotAvailable(format!("IPAM store is not usable: {e}")))?,
+    };
+    for (i, (set, (cap, used))) in sets
+        .iter()
+        .zip(crate::ipam::usage(&sets, &leases, |_| false))
+        .enumerate()
+    {
         if used >= cap {
             let desc: Vec<String> = set.iter().map(|r| r.describe()).collect();
             return Err(Error::NotAvailable(format!(
@@ -55,4 +58,20 @@ pub fn status(env: &Env, conf: &NetConf) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `stateDir`, or the directory it will be made in, can be written by this process.
+fn writable(dir: &Path) -> Result<()> {
+    let existing = dir.ancestors().find(|d| d.exists()).unwrap_or(dir);
+    nix::unistd::access(
+        existing,
+        nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+    )
+    .map_err(|e| {
+        Error::NotAvailable(format!(
+            "stateDir {} is not writable ({}: {e})",
+            dir.display(),
+            existing.display()
+        ))
+    })
 }

@@ -1,0 +1,86 @@
+//! What a failed ADD gives back: each step is recorded as it completes, and on failure exactly
+//! those steps are undone, newest first (netavark's `teardown_drivers(drivers.take(i))`, ptp's
+//! `defer ipam.ExecDel`). Nothing that was not recorded is touched, so an ADD never removes
+//! what it did not create.
+
+use crate::dataplane::link::{self, Link};
+use crate::dataplane::{Host, Pod, tc};
+use crate::ipam::{Plan, Target};
+use crate::state;
+use std::path::Path;
+
+/// One completed step of ADD.
+#[derive(Debug)]
+pub enum Step {
+    /// Addresses taken from the plan.
+    Leased,
+    /// A host link this ADD created (the veth's host end, which takes the pod end with it, or
+    /// the ifb).
+    Link(String),
+    /// Qdiscs this ADD put on a host link it did not create (chained mode).
+    HostQdiscs(Link),
+    /// Qdiscs this ADD put on the pod's interface, which it did not create (chained mode).
+    PodQdiscs(Link),
+    /// The attachment record.
+    Record,
+}
+
+/// What the steps are undone with.
+pub struct Ctx<'a> {
+    pub host: &'a Host,
+    pub pod: Option<&'a Pod>,
+    pub plan: Option<&'a Plan>,
+    pub target: &'a Target<'a>,
+    pub state_dir: &'a Path,
+}
+
+/// The steps done so far.
+#[derive(Debug, Default)]
+pub struct Undo(Vec<Step>);
+
+impl Undo {
+    pub fn push(&mut self, step: Step) {
+        self.0.push(step);
+    }
+
+    /// The ADD succeeded: nothing is undone.
+    pub fn commit(mut self) {
+        self.0.clear();
+    }
+
+    /// Undoes every recorded step, newest first. Failures are logged, not returned: the error
+    /// the runtime needs to see is the one that made ADD fail.
+    pub async fn unwind(mut self, cx: &Ctx<'_>) {
+        while let Some(step) = self.0.pop() {
+            let outcome = match &step {
+                Step::Leased => match cx.plan {
+                    Some(plan) => plan.undo(cx.target).await,
+                    None => Ok(()),
+                },
+                Step::Link(name) => link::delete_by_name(cx.host, name).await.map(|_| ()),
+                Step::HostQdiscs(l) => tc::clear(cx.host, l.index, &l.name).await,
+                Step::PodQdiscs(l) => match cx.pod {
+                    Some(p) => tc::clear(p, l.index, &l.name).await,
+                    None => Ok(()),
+                },
+                Step::Record => state::remove(
+                    cx.state_dir,
+                    cx.target.network,
+                    &cx.target.owner.container_id,
+                    &cx.target.owner.ifname,
+                ),
+            };
+            if let Err(e) = outcome {
+                tracing::warn!("undoing ADD ({step:?}): {e}");
+            }
+        }
+    }
+}
+
+impl Drop for Undo {
+    fn drop(&mut self) {
+        if !self.0.is_empty() {
+            tracing::error!("ADD dropped {} steps without undoing them", self.0.len());
+        }
+    }
+}
