@@ -195,3 +195,108 @@ impl Store {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn tmp(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("hf-store-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_lease_holds_its_owner_and_leaves_no_temp() {
+        let sd = tmp("owner");
+        let s = Store::open(&sd, "net").unwrap();
+        let o = Owner::new("c1", "eth0");
+        assert!(s.reserve(ip("10.0.0.2"), &o).unwrap());
+        assert!(
+            !s.reserve(ip("10.0.0.2"), &Owner::new("c2", "eth0"))
+                .unwrap()
+        );
+        let dir = Store::dir_of(&sd, "net");
+        assert_eq!(std::fs::read(dir.join("10.0.0.2")).unwrap(), b"c1\r\neth0");
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["10.0.0.2", "lock"]);
+        let _ = std::fs::remove_dir_all(sd);
+    }
+
+    #[test]
+    fn unreadable_leases_are_reported_and_temps_swept() {
+        let sd = tmp("scan");
+        let s = Store::open(&sd, "net").unwrap();
+        let dir = Store::dir_of(&sd, "net");
+        let o = Owner::new("c1", "eth0");
+        assert!(s.reserve(ip("10.0.0.2"), &o).unwrap());
+        assert!(s.reserve(ip("10.0.0.3"), &o).unwrap());
+        std::fs::write(dir.join("10.0.0.4"), b"").unwrap();
+        std::fs::write(dir.join("10.0.0.5"), b"garbage").unwrap();
+        std::fs::write(dir.join("10.0.0.6"), vec![b'a'; MAX_LEASE + 1]).unwrap();
+        std::fs::write(dir.join(".10.0.0.7.0123.tmp"), b"c9\r\neth0").unwrap();
+        let scan = s.scan().unwrap();
+        assert_eq!(scan.held.len(), 2);
+        let mut bad: Vec<String> = scan.unreadable.iter().map(|(i, _)| i.to_string()).collect();
+        bad.sort();
+        assert_eq!(bad, ["10.0.0.4", "10.0.0.5", "10.0.0.6"]);
+        assert!(
+            !dir.join(".10.0.0.7.0123.tmp").exists(),
+            "a dead writer's temp stays"
+        );
+        assert_eq!(s.release_owner(&o).unwrap().len(), 2);
+        assert!(s.discard(ip("10.0.0.4")).unwrap());
+        assert_eq!(s.leases().unwrap().len(), 0);
+        let _ = std::fs::remove_dir_all(sd);
+    }
+
+    #[test]
+    fn symlinks_in_the_store_are_never_followed() {
+        let sd = tmp("sym");
+        let outside = sd.with_extension("outside");
+        let _ = std::fs::remove_dir_all(&outside);
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("victim"), b"keep").unwrap();
+        let s = Store::open(&sd, "net").unwrap();
+        let dir = Store::dir_of(&sd, "net");
+        symlink(outside.join("victim"), dir.join("10.0.0.2")).unwrap();
+        symlink(outside.join("victim"), dir.join("last_reserved_ip.0")).unwrap();
+        assert!(!s.reserve(ip("10.0.0.2"), &Owner::new("c", "eth0")).unwrap());
+        assert_eq!(s.scan().unwrap().unreadable.len(), 1);
+        assert_eq!(s.last_reserved(0), None);
+        s.set_last_reserved(0, ip("10.0.0.3")).unwrap();
+        assert_eq!(s.last_reserved(0), Some(ip("10.0.0.3")));
+        drop(s);
+        // A dangling symlink at the lock, and a symlinked network directory.
+        std::fs::create_dir_all(sd.join("ipam")).unwrap();
+        std::fs::create_dir_all(sd.join("ipam/n2")).unwrap();
+        symlink(outside.join("lock-made"), sd.join("ipam/n2/lock")).unwrap();
+        assert_eq!(Store::open(&sd, "n2").err().unwrap().code(), 5);
+        symlink(&outside, sd.join("ipam/n3")).unwrap();
+        let e = Store::open(&sd, "n3").err().unwrap();
+        assert_eq!(e.code(), 5);
+        assert!(e.to_string().contains("ipam/n3"), "{e}");
+        assert_eq!(std::fs::read(outside.join("victim")).unwrap(), b"keep");
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 1);
+        let _ = std::fs::remove_dir_all(sd);
+        let _ = std::fs::remove_dir_all(outside);
+    }
+
+    #[test]
+    fn owners_must_be_valid_names() {
+        assert_eq!(Owner::decode("c1\r\neth0"), Some(Owner::new("c1", "eth0")));
+        assert_eq!(Owner::decode(""), None);
+        assert_eq!(Owner::decode("c1"), None);
+        assert_eq!(Owner::decode("../x\r\neth0"), None);
+        assert_eq!(Owner::decode("c1\r\na/b"), None);
+    }
+}

@@ -224,26 +224,19 @@ mod tests {
     fn remove_makes_a_waiter_start_again_on_a_new_file() {
         let sd = tmp("remove");
         let a = lock_attachment(&sd, "net", "c1", "eth0").unwrap();
-        let path = a.path();
         let sd2 = sd.clone();
-        let t = std::thread::spawn(move || {
-            let l = lock_attachment(&sd2, "net", "c1", "eth0").unwrap();
-            let ino = std::fs::metadata(l.path()).unwrap().ino();
-            (l, ino)
-        });
+        let t = std::thread::spawn(move || lock_attachment(&sd2, "net", "c1", "eth0").unwrap());
         std::thread::sleep(Duration::from_millis(50));
-        let old = std::fs::metadata(&path).unwrap().ino();
         a.remove().unwrap();
-        let (l, ino) = t.join().unwrap();
-        assert_ne!(
-            ino, old,
-            "the waiter must hold the new file, not the removed one"
-        );
+        let l = t.join().unwrap();
+        // Had the waiter kept its lock on the removed file, a newcomer would lock a new file at
+        // the name and both would believe they hold the attachment.
         assert!(
             try_lock_attachment(&sd, "net", "c1", "eth0")
                 .unwrap()
                 .is_none()
         );
+        assert!(l.path().exists());
         drop(l);
         let _ = std::fs::remove_dir_all(sd);
     }
@@ -267,5 +260,33 @@ mod tests {
             7
         );
         let _ = std::fs::remove_dir_all(sd);
+    }
+}
+
+#[cfg(test)]
+mod deadline {
+    use super::*;
+
+    #[test]
+    fn a_held_lock_times_out_with_code_11() {
+        let d = std::env::temp_dir().join(format!("hf-lock-deadline-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        let p = d.join("lock");
+        let open = || {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&p)
+                .unwrap()
+        };
+        let held = flock_until(open(), &p, Instant::now()).unwrap();
+        let t0 = Instant::now();
+        let e = flock_until(open(), &p, Instant::now() + Duration::from_millis(200)).unwrap_err();
+        assert_eq!(e.code(), 11);
+        assert!(t0.elapsed() >= Duration::from_millis(200));
+        drop(held);
+        let _ = std::fs::remove_dir_all(d);
     }
 }

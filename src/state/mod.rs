@@ -367,3 +367,187 @@ pub fn now_unix() -> u64 {
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn tmp(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("hf-state-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    fn record(cid: &str, ifname: &str) -> Record {
+        Record {
+            version: RECORD_VERSION,
+            network: "net".into(),
+            container_id: cid.into(),
+            ifname: ifname.into(),
+            mode: Mode::Interface,
+            netns: None,
+            host_ifname: Some(crate::dataplane::names::host_veth(cid, ifname)),
+            ifb: None,
+            ips: vec!["10.0.0.2".parse().unwrap()],
+            ipam_delegate: None,
+            result: serde_json::json!({}),
+            created_unix: 1,
+            netns_id: None,
+            boot_id: None,
+        }
+    }
+
+    #[test]
+    fn names_fit_name_max_and_stay_readable_for_ordinary_ids() {
+        let hex = "0123456789abcdef".repeat(4);
+        assert_eq!(file_stem(&hex, "eth0"), format!("{hex}@eth0"));
+        let long = "a".repeat(256);
+        let stem = file_stem(&long, "abcdefghijklmno");
+        assert!(stem.len() + ".json".len() + 38 <= 255, "{}", stem.len());
+        assert_ne!(
+            stem,
+            file_stem(&format!("{}b", "a".repeat(255)), "abcdefghijklmno")
+        );
+        assert!(stem.starts_with(&"a".repeat(64)));
+    }
+
+    #[test]
+    fn a_256_character_id_writes_reads_and_removes() {
+        let sd = tmp("long");
+        let id = "b".repeat(256);
+        remove(&sd, "net", &id, "eth0").unwrap();
+        assert_eq!(read(&sd, "net", &id, "eth0").unwrap(), None);
+        let r = record(&id, "eth0");
+        write(&sd, &r).unwrap();
+        assert_eq!(read(&sd, "net", &id, "eth0").unwrap(), Some(r.clone()));
+        assert_eq!(list(&sd, "net").0, vec![r]);
+        remove(&sd, "net", &id, "eth0").unwrap();
+        assert_eq!(read(&sd, "net", &id, "eth0").unwrap(), None);
+        assert_eq!(networks(&sd), ["net"]);
+        let _ = std::fs::remove_dir_all(sd);
+    }
+
+    #[test]
+    fn planted_records_are_reported_never_used() {
+        let sd = tmp("planted");
+        write(&sd, &record("good", "eth0")).unwrap();
+        let d = dir(&sd, "net");
+        let mut escape = record("good", "eth0");
+        escape.container_id = "../../outside/victim".into();
+        std::fs::write(d.join("planted.json"), serde_json::to_vec(&escape).unwrap()).unwrap();
+        let mut foreign = record("c2", "eth0");
+        foreign.host_ifname = Some("victim0".into());
+        std::fs::write(
+            d.join("c2@eth0.json"),
+            serde_json::to_vec(&foreign).unwrap(),
+        )
+        .unwrap();
+        // Right content, wrong place: it is not the record of c3.
+        std::fs::write(
+            d.join("c3@eth0.json"),
+            serde_json::to_vec(&record("c4", "eth0")).unwrap(),
+        )
+        .unwrap();
+        std::fs::write(d.join("big@eth0.json"), vec![b' '; MAX_RECORD + 1]).unwrap();
+        let (ok, bad) = list(&sd, "net");
+        assert_eq!(ok, vec![record("good", "eth0")]);
+        let mut bad: Vec<String> = bad
+            .iter()
+            .map(|(p, _)| p.file_name().unwrap().to_str().unwrap().to_string())
+            .collect();
+        bad.sort();
+        assert_eq!(
+            bad,
+            [
+                "big@eth0.json",
+                "c2@eth0.json",
+                "c3@eth0.json",
+                "planted.json"
+            ]
+        );
+        let e = read(&sd, "net", "c2", "eth0").unwrap_err();
+        assert!(e.to_string().contains("victim0"), "{e}");
+        assert!(read(&sd, "net", "c3", "eth0").is_err());
+        assert_eq!(read(&sd, "net", "big", "eth0").unwrap_err().code(), 5);
+        remove_unreadable(&sd, "net", &d.join("planted.json")).unwrap();
+        assert!(!d.join("planted.json").exists());
+        assert!(remove_unreadable(&sd, "net", &sd.join("x.json")).is_err());
+        let _ = std::fs::remove_dir_all(sd);
+    }
+
+    #[test]
+    fn symlinks_at_records_and_directories_are_not_followed() {
+        let sd = tmp("sym");
+        let outside = sd.with_extension("outside");
+        let _ = std::fs::remove_dir_all(&outside);
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("victim"), b"keep").unwrap();
+        write(&sd, &record("a", "eth0")).unwrap();
+        let d = dir(&sd, "net");
+        symlink(outside.join("victim"), d.join("s1@eth0.json")).unwrap();
+        assert_eq!(read(&sd, "net", "s1", "eth0").unwrap_err().code(), 5);
+        write(&sd, &record("s1", "eth0")).unwrap();
+        assert!(
+            !std::fs::symlink_metadata(d.join("s1@eth0.json"))
+                .unwrap()
+                .is_symlink()
+        );
+        remove(&sd, "net", "s1", "eth0").unwrap();
+        std::fs::create_dir_all(sd.join("attachments")).unwrap();
+        symlink(&outside, sd.join("attachments/n2")).unwrap();
+        let mut r = record("a", "eth0");
+        r.network = "n2".into();
+        let e = write(&sd, &r).unwrap_err();
+        assert_eq!(e.code(), 5);
+        assert!(e.to_string().contains("attachments/n2"), "{e}");
+        assert_eq!(read(&sd, "n2", "a", "eth0").unwrap_err().code(), 5);
+        assert_eq!(list(&sd, "n2").1.len(), 1);
+        assert!(!networks(&sd).contains(&"n2".to_string()));
+        assert_eq!(std::fs::read(outside.join("victim")).unwrap(), b"keep");
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 1);
+        let _ = std::fs::remove_dir_all(sd);
+        let _ = std::fs::remove_dir_all(outside);
+    }
+
+    #[test]
+    fn old_records_without_identity_still_read() {
+        let sd = tmp("old");
+        let mut v = serde_json::to_value(record("a", "eth0")).unwrap();
+        v.as_object_mut().unwrap().remove("netnsId");
+        v.as_object_mut().unwrap().remove("bootId");
+        let d = dir(&sd, "net");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("a@eth0.json"), v.to_string()).unwrap();
+        let r = read(&sd, "net", "a", "eth0").unwrap().unwrap();
+        assert_eq!((r.netns_id, r.boot_id), (None, None));
+        let _ = std::fs::remove_dir_all(sd);
+    }
+
+    #[test]
+    fn netns_liveness() {
+        let mut r = record("a", "eth0");
+        assert!(r.netns_alive(), "no path: cannot tell, never reclaim");
+        r.netns = Some("/nonexistent/netns".into());
+        assert!(!r.netns_alive());
+        r.netns = Some("/proc/self/ns/uts".into());
+        assert!(!r.netns_alive(), "not a network namespace");
+        r.netns = Some("/proc/self/ns/net".into());
+        assert!(r.netns_alive(), "no identity: the path alone");
+        let id = netns::identity(Path::new("/proc/self/ns/net")).unwrap();
+        r.netns_id = Some(id);
+        assert!(r.netns_alive());
+        r.netns_id = Some(NetnsId {
+            dev: id.dev,
+            ino: id.ino.wrapping_add(1),
+        });
+        assert!(!r.netns_alive(), "another namespace at the same path");
+        assert_eq!(netns::identity(Path::new("/proc/self/ns/mnt")), None);
+    }
+
+    #[test]
+    fn the_boot_id_is_read() {
+        let b = boot_id().unwrap();
+        assert_eq!(b.len(), 36, "{b}");
+    }
+}
