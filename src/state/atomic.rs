@@ -1,40 +1,33 @@
 //! Atomic file replacement: readers see the old file or the new one, never a torn one.
 
-use crate::cni::{Error, Result};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use super::at::{self, Dir};
+use crate::cni::Result;
 use std::path::Path;
 
 /// Writes `bytes` to `path` via a temporary file in the same directory and a rename, mode 0600.
-/// With `durable`, the data and the directory entry are fsynced, so the file survives power loss.
+/// The directory is created if missing; the file itself is never followed through a symlink,
+/// and the temp file has an unpredictable name and is created `O_EXCL`. With `durable`, the data
+/// and the directory entry are fsynced, so the file survives power loss. Temp files a killed
+/// writer left for `path` more than a minute ago are removed.
 pub fn write(path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| Error::Internal(format!("{} has no parent directory", path.display())))?;
-    std::fs::create_dir_all(dir)
-        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let res = (|| -> std::io::Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        if durable {
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, path)?;
-        if durable {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
-    })();
-    if let Err(e) = res {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::io(format!("writing {}", path.display()), e));
+    let (parent, name) = at::split(path)?;
+    let dir = Dir::open(parent, true)?
+        .ok_or_else(|| crate::cni::Error::Internal(format!("{} vanished", parent.display())))?;
+    dir.write_atomic(name, bytes, durable)?;
+    if let Ok(names) = dir.entries() {
+        let prefix = at::temp_prefix(name);
+        let names: Vec<String> = names
+            .into_iter()
+            .map(|e| e.0)
+            .filter(|n| n.starts_with(&prefix))
+            .collect();
+        dir.sweep_temps(&names, |_| false);
     }
     Ok(())
+}
+
+/// Reads `path` (not followed if it is a symlink, not blocking if it is a FIFO), at most `limit`
+/// bytes, more being an error (code 5); `None` if it does not exist.
+pub fn read(path: &Path, limit: usize) -> Result<Option<Vec<u8>>> {
+    at::read_path(path, limit)
 }
