@@ -2,6 +2,7 @@
 //! limits. Each completed step is recorded, and a failure undoes exactly those steps.
 
 use super::bandwidth::{self, Limits};
+use super::reclaim;
 use super::undo::{Ctx, Step, Undo};
 use super::{Add, Attachment};
 use crate::cni::result::{Interface, IpConfig, Route};
@@ -47,9 +48,14 @@ pub async fn add(req: &Add) -> Result<CniResult> {
         }
     };
     let host = Host::connect()?;
-    let names = Names::of(&req.att.container_id, &req.att.ifname);
+    let (cid, ifname) = (&req.att.container_id, &req.att.ifname);
+    let earlier = state::lock_exists(&conf.state_dir, conf.name(), cid, ifname);
+    let _lock = state::lock_attachment(&conf.state_dir, conf.name(), cid, ifname)?;
+    failpoint::hit("add-locked");
+    reclaim::after_reboot(&host, conf, &req.path).await;
+    let names = Names::of(cid, ifname);
     let target = target(req);
-    clear_previous_attempt(&host, req, &names, &plan, &target).await?;
+    clear_previous_attempt(&host, req, &names, &plan, &target, earlier).await?;
     failpoint::hit("add-cleared");
 
     let pod = netns.connect()?;
@@ -98,7 +104,17 @@ fn owner(att: &Attachment) -> Owner {
 
 /// The steps of ADD, each recorded in `undo` as soon as it is done.
 async fn steps(w: &Wiring<'_>, undo: &mut Undo) -> Result<CniResult> {
-    let assigned = w.plan.add(w.target).await?;
+    let assigned = match w.plan.add(w.target).await {
+        // Dead pods may hold the range (a reboot, a lost DEL): reclaim them and try once more.
+        Err(e) if matches!(e, Error::RangeExhausted(_)) => {
+            let freed = reclaim::dead(w.host, &w.req.conf, &w.req.path, true, "a range was full");
+            match freed.await {
+                0 => return Err(e),
+                _ => w.plan.add(w.target).await?,
+            }
+        }
+        other => other?,
+    };
     undo.push(Step::Leased);
     failpoint::hit("ipam-leased");
 
@@ -213,13 +229,15 @@ fn result_of(
 
 /// A retried ADD (the runtime timed out, or we were killed) finds its own leftovers: the host
 /// veth and ifb by their deterministic names, a record, and leases (possibly with no record:
-/// killed between the lease and the record). They are this attachment's, so they go.
+/// killed between the lease and the record; `earlier` says an ADD ran for this attachment and
+/// no DEL since). They are this attachment's, and we hold its lock, so they go.
 async fn clear_previous_attempt(
     host: &Host,
     req: &Add,
     names: &Names,
     plan: &Plan,
     target: &Target<'_>,
+    earlier: bool,
 ) -> Result<()> {
     let conf = &req.conf;
     let (cid, ifname) = (&req.att.container_id, &req.att.ifname);
@@ -231,7 +249,7 @@ async fn clear_previous_attempt(
             None
         }
     };
-    if !links && record.is_none() {
+    if !earlier && !links && record.is_none() {
         return Ok(());
     }
     tracing::info!(container = %cid, ifname = %ifname,

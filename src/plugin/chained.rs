@@ -58,7 +58,12 @@ pub async fn add(req: &Add) -> Result<CniResult> {
     let netns = Netns::open(&req.netns)?;
     let host = Host::connect()?;
     let pod = netns.connect()?;
-    let names = Names::of(&req.att.container_id, &req.att.ifname);
+    let (cid, ifname) = (&req.att.container_id, &req.att.ifname);
+    let conf = &req.conf;
+    let _lock = state::lock_attachment(&conf.state_dir, conf.name(), cid, ifname)?;
+    failpoint::hit("add-locked");
+    super::reclaim::after_reboot(&host, conf, &req.path).await;
+    let names = Names::of(cid, ifname);
     // A retried ADD: our ifb from last time goes first.
     link::delete_by_name(&host, &names.ifb).await?;
 

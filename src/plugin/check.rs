@@ -14,6 +14,7 @@ pub async fn check(req: &Check) -> Result<()> {
     let limits = Limits::from_conf(&conf.bandwidth, conf.mtu)?;
     let netns = Netns::open(&req.netns)?;
     let (cid, ifname) = (&req.att.container_id, &req.att.ifname);
+    let _lock = state::lock_attachment(&conf.state_dir, conf.name(), cid, ifname)?;
     let record = state::read(&conf.state_dir, conf.name(), cid, ifname)?.ok_or_else(|| {
         Error::CheckFailed(format!(
             "no attachment record for container {cid} interface {ifname}"

@@ -13,6 +13,9 @@ use crate::state::{self, Mode, Record};
 pub async fn del(req: &Del) -> Result<()> {
     let conf = &req.conf;
     let (cid, ifname) = (&req.att.container_id, &req.att.ifname);
+    let lock = state::lock_attachment(&conf.state_dir, conf.name(), cid, ifname)?;
+    let host = Host::connect()?;
+    super::reclaim::after_reboot(&host, conf, &req.path).await;
     let record = match state::read(&conf.state_dir, conf.name(), cid, ifname) {
         Ok(r) => r,
         Err(e) => {
@@ -27,7 +30,6 @@ pub async fn del(req: &Del) -> Result<()> {
     // of DEL's time). In chained mode no link has our veth name: the veth is the earlier
     // plugin's, and it deletes it.
     let names = Names::of(cid, ifname);
-    let host = Host::connect()?;
     if let Err(e) = link::delete_group(&host, names.group, &[&names.host_veth, &names.ifb]).await {
         errors.push(e);
     }
@@ -37,6 +39,7 @@ pub async fn del(req: &Del) -> Result<()> {
     if errors.is_empty() {
         // Kept otherwise, so a retried DEL knows what is left.
         state::remove(&conf.state_dir, conf.name(), cid, ifname)?;
+        lock.remove()?;
     }
     Error::all("DEL incomplete", errors)
 }

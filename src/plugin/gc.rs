@@ -27,22 +27,33 @@ pub async fn gc(req: &Gc) -> Result<()> {
     };
     let mut errors: Vec<Error> = Vec::new();
 
+    let host = Host::connect()?;
+    super::reclaim::after_reboot(&host, conf, &req.path).await;
     let (records, unreadable) = state::list(&conf.state_dir, conf.name());
-    for (p, e) in unreadable {
-        errors.push(Error::decode(
-            format!("attachment record {}", p.display()),
-            e,
-        ));
+    // A record that cannot be read or trusted names no attachment the runtime could list: it
+    // goes, and is never used to build a path or name a link.
+    for (p, why) in unreadable {
+        tracing::warn!("GC removes untrusted attachment record {}: {why}", p.display());
+        if let Err(e) = state::remove_unreadable(&conf.state_dir, conf.name(), &p) {
+            errors.push(e);
+        }
     }
-    let stale: Vec<Record> = records
-        .into_iter()
-        .filter(|r| !keep(&r.container_id, &r.ifname))
-        .collect();
-    // A record whose delegated lease could not be released stays, so the next GC retries it.
+    // Stale attachments another invocation holds (an ADD in progress) are left alone; a record
+    // whose delegated lease could not be released stays, so the next GC retries it.
     let mut released = Vec::new();
-    for r in stale {
+    for r in records.into_iter().filter(|r| !keep(&r.container_id, &r.ifname)) {
+        let locked =
+            state::try_lock_attachment(&conf.state_dir, conf.name(), &r.container_id, &r.ifname);
+        let lock = match locked {
+            Ok(Some(l)) => l,
+            Ok(None) => continue,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
         match release_delegated(req, &r).await {
-            Ok(()) => released.push(r),
+            Ok(()) => released.push((r, lock)),
             Err(e) => errors.push(e),
         }
     }
@@ -50,8 +61,8 @@ pub async fn gc(req: &Gc) -> Result<()> {
         Some(_) => Vec::new(),
         None => stale_leases(req, valid, &mut errors),
     };
-    let host = Host::connect()?;
-    delete_links(&host, &released, &stale_leases, &mut errors).await;
+    let records: Vec<Record> = released.iter().map(|(r, _)| r.clone()).collect();
+    delete_links(&host, &records, &stale_leases, &mut errors).await;
     release_leases(req, &stale_leases, &mut errors);
     if let Some(plugin) = conf.ipam.delegate() {
         let pass = match conf
@@ -74,12 +85,15 @@ pub async fn gc(req: &Gc) -> Result<()> {
             errors.push(e);
         }
     }
-    for r in &released {
-        if let Err(e) = state::remove(&conf.state_dir, conf.name(), &r.container_id, &r.ifname) {
+    let removed = released.len();
+    for (r, lock) in released {
+        if let Err(e) = state::remove(&conf.state_dir, conf.name(), &r.container_id, &r.ifname)
+            .and_then(|()| lock.remove())
+        {
             errors.push(e);
         }
     }
-    tracing::info!(removed = released.len(), errors = errors.len(), "GC done");
+    tracing::info!(removed, errors = errors.len(), "GC done");
     Error::all("GC finished with errors", errors)
 }
 
@@ -110,7 +124,18 @@ fn stale_leases(
     if !Store::dir_of(&conf.state_dir, conf.name()).exists() {
         return Vec::new();
     }
-    match Store::open(&conf.state_dir, conf.name()).and_then(|s| s.leases()) {
+    let scan = Store::open(&conf.state_dir, conf.name()).and_then(|s| {
+        let scan = s.scan()?;
+        // A lease file that holds no owner can be nobody's: it goes.
+        for (ip, why) in &scan.unreadable {
+            tracing::warn!("GC removes unreadable lease {ip}: {why}");
+            if let Err(e) = s.discard(*ip) {
+                errors.push(e);
+            }
+        }
+        Ok(scan.held)
+    });
+    match scan {
         Ok(leases) => leases
             .into_iter()
             .filter(|(_, o)| {

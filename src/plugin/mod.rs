@@ -9,6 +9,7 @@ pub mod check;
 pub mod conf;
 pub mod del;
 pub mod gc;
+pub mod reclaim;
 pub mod status;
 mod undo;
 

@@ -44,9 +44,12 @@ pub async fn status(req: &Status) -> Result<()> {
             .and_then(|s| s.leases())
             .map_err(|e| Error::NotAvailable(format!("IPAM store is not usable: {e}")))?,
     };
+    // A dead pod's address is as good as free: the next ADD reclaims it. Saying "full" would
+    // make the runtime mark the node NotReady and stop the very pods that would reclaim it.
+    let dead = super::reclaim::dead_owners(conf);
     for (i, (set, (cap, used))) in sets
         .iter()
-        .zip(crate::ipam::usage(&sets, &leases, |_| false))
+        .zip(crate::ipam::usage(&sets, &leases, |o| dead.contains(o)))
         .enumerate()
     {
         if used >= cap {

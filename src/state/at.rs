@@ -286,7 +286,7 @@ impl Dir {
         let res = (|| -> std::io::Result<bool> {
             f.write_all(bytes)?;
             f.sync_all()?;
-            crate::failpoint::hit("lease-temp-written");
+            crate::failpoint::hit("ipam-lease-written");
             match nix::unistd::linkat(&self.fd, tmp.as_str(), &self.fd, name, AtFlags::empty()) {
                 Ok(()) => Ok(true),
                 Err(Errno::EEXIST) => Ok(false),

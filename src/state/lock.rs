@@ -90,6 +90,18 @@ fn lock_dir(state_dir: &Path, network: &str) -> Result<Dir> {
         .ok_or_else(|| Error::Internal(format!("{}: no lock directory", state_dir.display())))
 }
 
+/// Whether the attachment's lock file exists: some verb locked it and no DEL removed it since
+/// (a live attachment, or the leftovers of a killed ADD). Checked before locking, to tell a
+/// first ADD, which has nothing to clean up, from a retried one.
+pub fn lock_exists(state_dir: &Path, network: &str, container_id: &str, ifname: &str) -> bool {
+    crate::cni::config::validate_network_name(network).is_ok()
+        && Dir::open_path(state_dir, &["locks", network], false)
+            .ok()
+            .flatten()
+            .and_then(|d| d.stat(&lock_name(container_id, ifname)).ok().flatten())
+            .is_some()
+}
+
 /// Locks the attachment, waiting [`LOCK_WAIT`] at most (then code 11).
 pub fn lock_attachment(
     state_dir: &Path,
