@@ -27,7 +27,7 @@ const STEPS: &[&str] = &[
 const CAPACITY: usize = 5;
 
 struct Variant {
-    conf: Value,
+    conf: fn(&World) -> Value,
     /// Address ranges, so addresses per ADD.
     ranges: usize,
     /// Host links of one attachment (veth, plus the ifb when egress is shaped there).
@@ -46,84 +46,108 @@ fn steps_without(skip: &[&str]) -> Vec<&'static str> {
 #[test]
 #[ignore = "needs root"]
 fn killed_add_plain_dual_stack_leaves_nothing() {
-    let Some(mut w) = World::new("killed_add_plain_dual_stack") else {
-        return;
-    };
-    let v = Variant {
-        conf: w.conf("1.0.0", ipam_dual("10.91.0.0/29", "fd91::/120")),
-        ranges: 2,
-        links: 1,
-        steps: steps_without(&["add-ifb", "add-shaped"]),
-    };
-    sweep(&mut w, &v);
+    sweep(
+        "killed_add_plain_dual_stack",
+        &Variant {
+            conf: |w| w.conf("1.0.0", ipam_dual("10.91.0.0/29", "fd91::/120")),
+            ranges: 2,
+            links: 1,
+            steps: steps_without(&["add-ifb", "add-shaped"]),
+        },
+    );
 }
 
 #[test]
 #[ignore = "needs root"]
 fn killed_add_with_ifb_shaping_leaves_nothing() {
-    let Some(mut w) = World::new("killed_add_with_ifb_shaping") else {
-        return;
-    };
-    let mut conf = w.conf("1.0.0", ipam_v4("10.92.0.0/29"));
-    conf["runtimeConfig"] = json!({"bandwidth": {
-        "ingressRate": 10_000_000, "ingressBurst": 100_000,
-        "egressRate": 10_000_000, "egressBurst": 100_000}});
-    let v = Variant {
-        conf,
-        ranges: 1,
-        links: 2,
-        steps: STEPS.to_vec(),
-    };
-    sweep(&mut w, &v);
+    sweep(
+        "killed_add_with_ifb_shaping",
+        &Variant {
+            conf: |w| {
+                let mut conf = w.conf("1.0.0", ipam_v4("10.92.0.0/29"));
+                conf["runtimeConfig"] = json!({"bandwidth": {
+                    "ingressRate": 10_000_000, "ingressBurst": 100_000,
+                    "egressRate": 10_000_000, "egressBurst": 100_000}});
+                conf
+            },
+            ranges: 1,
+            links: 2,
+            steps: STEPS.to_vec(),
+        },
+    );
 }
 
 #[test]
 #[ignore = "needs root"]
 fn killed_add_with_delegated_host_local_leaves_nothing() {
-    let Some(mut w) = World::new("killed_add_with_delegated_host_local") else {
-        return;
-    };
     // Debian's host-local 1.1.1 speaks up to 1.0.0; its dataDir is inside stateDir, so the
     // checks see its leases and files too. It has no temp-file step of its own.
-    let ipam = json!({"type": "host-local", "dataDir": w.state_dir.join("host-local"),
-                      "ranges": [[{"subnet": "10.93.0.0/29"}]], "routes": [{"dst": "0.0.0.0/0"}]});
-    let v = Variant {
-        conf: w.conf("1.0.0", ipam),
-        ranges: 1,
-        links: 1,
-        steps: steps_without(&["ipam-lease-written", "add-ifb", "add-shaped"]),
-    };
-    sweep(&mut w, &v);
+    sweep(
+        "killed_add_with_delegated_host_local",
+        &Variant {
+            conf: |w| {
+                let ipam = json!({"type": "host-local", "dataDir": w.state_dir.join("host-local"),
+                                  "ranges": [[{"subnet": "10.93.0.0/29"}]],
+                                  "routes": [{"dst": "0.0.0.0/0"}]});
+                w.conf("1.0.0", ipam)
+            },
+            ranges: 1,
+            links: 1,
+            steps: steps_without(&["ipam-lease-written", "add-ifb", "add-shaped"]),
+        },
+    );
 }
 
-/// For every step: (a) killed ADD, DEL; (b) killed ADD, killed retry, whole retry, DEL. Each
-/// ends with nothing left; then the whole range is still there to fill.
-fn sweep(w: &mut World, v: &Variant) {
+/// Every step in a world of its own, so one step's leftovers cannot spoil the next; the test
+/// fails naming every step that went wrong.
+fn sweep(name: &str, v: &Variant) {
+    let mut failed = Vec::new();
+    for fp in &v.steps {
+        let step = std::panic::AssertUnwindSafe(|| {
+            if let Some(mut w) = World::new(&format!("{name}_{fp}")) {
+                kill_at(&mut w, v, fp);
+            }
+        });
+        if let Err(e) = std::panic::catch_unwind(step) {
+            let msg = e
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            failed.push(format!("{fp}: {}", msg.replace('\n', " ")));
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{}/{} steps went wrong:\n{}",
+        failed.len(),
+        v.steps.len(),
+        failed.join("\n")
+    );
+}
+
+/// (a) ADD killed at `fp`, then DEL; (b) killed at `fp`, killed again at the retry, a whole
+/// retry, then DEL. Each ends with nothing left; then the whole range is still there to fill.
+fn kill_at(w: &mut World, v: &Variant, fp: &str) {
+    let conf = (v.conf)(w);
     let pod = w.pod();
     // What a clean ADD and DEL leave is the network-wide baseline.
-    verb(w, "ADD", "warm", &pod, "eth0", &v.conf).run.ok();
-    verb(w, "DEL", "warm", &pod, "eth0", &v.conf).run.ok();
+    verb(w, "ADD", "warm", &pod, "eth0", &conf).run.ok();
+    verb(w, "DEL", "warm", &pod, "eth0", &conf).run.ok();
     let baseline = state_files(w);
-    for (i, fp) in v.steps.iter().enumerate() {
-        let cid = format!("k{i}a");
-        add_killed_at(w, fp, &cid, &pod, "eth0", &v.conf);
-        verb(w, "DEL", &cid, &pod, "eth0", &v.conf).run.ok();
-        assert_nothing_left(w, &[&pod], &baseline, &format!("killed at {fp}, then DEL"));
 
-        let cid = format!("k{i}b");
-        add_killed_at(w, fp, &cid, &pod, "eth0", &v.conf);
-        add_killed_at(w, fp, &cid, &pod, "eth0", &v.conf);
-        let r = verb(w, "ADD", &cid, &pod, "eth0", &v.conf).run.ok().json();
-        assert_one_attachment(w, v, &cid, &pod, &r, fp);
-        verb(w, "DEL", &cid, &pod, "eth0", &v.conf).run.ok();
-        assert_nothing_left(
-            w,
-            &[&pod],
-            &baseline,
-            &format!("killed twice at {fp}, retried, then DEL"),
-        );
-    }
-    fill_the_range(w, v, &baseline);
+    add_killed_at(w, fp, "once", &pod, "eth0", &conf);
+    verb(w, "DEL", "once", &pod, "eth0", &conf).run.ok();
+    assert_nothing_left(w, &[&pod], &baseline, &format!("killed at {fp}, then DEL"));
+
+    add_killed_at(w, fp, "twice", &pod, "eth0", &conf);
+    add_killed_at(w, fp, "twice", &pod, "eth0", &conf);
+    let r = verb(w, "ADD", "twice", &pod, "eth0", &conf).run.ok().json();
+    assert_one_attachment(w, v, "twice", &pod, &r, fp);
+    verb(w, "DEL", "twice", &pod, "eth0", &conf).run.ok();
+    let what = format!("killed twice at {fp}, retried, then DEL");
+    assert_nothing_left(w, &[&pod], &baseline, &what);
+    fill_the_range(w, &conf, &baseline);
 }
 
 /// The retried ADD holds exactly one address per range, and the kernel and stateDir agree.
@@ -155,19 +179,19 @@ fn assert_one_attachment(w: &World, v: &Variant, cid: &str, pod: &str, r: &Value
     assert_eq!(pod_links(pod), vec!["eth0".to_string()], "retry after {fp}");
 }
 
-/// No address went missing over the sweep: every address of the /29 can be handed out again.
-fn fill_the_range(w: &mut World, v: &Variant, baseline: &[String]) {
+/// No address went missing: every address of the /29 can be handed out again.
+fn fill_the_range(w: &mut World, conf: &Value, baseline: &[String]) {
     let pods: Vec<String> = (0..CAPACITY).map(|_| w.pod()).collect();
     let mut seen = std::collections::HashSet::new();
     for (i, p) in pods.iter().enumerate() {
-        let r = verb(w, "ADD", &format!("fill{i}"), p, "eth0", &v.conf)
+        let r = verb(w, "ADD", &format!("fill{i}"), p, "eth0", conf)
             .run
             .ok()
             .json();
         assert!(seen.insert(addr_of(&r, 0)), "address handed out twice: {r}");
     }
     for (i, p) in pods.iter().enumerate() {
-        verb(w, "DEL", &format!("fill{i}"), p, "eth0", &v.conf)
+        verb(w, "DEL", &format!("fill{i}"), p, "eth0", conf)
             .run
             .ok();
     }
