@@ -4,6 +4,7 @@
 
 pub mod fakeapi;
 pub mod libcni;
+pub mod night;
 
 use serde_json::{Value, json};
 use std::io::Write;
