@@ -24,9 +24,7 @@ fn limited(w: &World, burst: u64) -> Value {
 #[test]
 #[ignore = "needs root"]
 fn crio_unspecified_burst_gets_the_same_bucket_as_containerds() {
-    let Some(mut w) = World::new("crio_unspecified_burst") else {
-        return;
-    };
+    let mut w = World::new("crio_unspecified_burst");
     let mut seen = Vec::new();
     for (cid, burst) in [("containerd", CONTAINERD_BURST), ("crio", CRIO_BURST)] {
         let pod = w.pod();
@@ -106,9 +104,7 @@ fn attached_twice(w: &mut World, a: (&str, &str), b: (&str, &str)) {
 #[test]
 #[ignore = "needs root"]
 fn one_pod_attached_twice_with_two_container_ids() {
-    let Some(mut w) = World::new("attached_twice_two_ids") else {
-        return;
-    };
+    let mut w = World::new("attached_twice_two_ids");
     // As Multus does: one container ID per attachment.
     attached_twice(&mut w, ("multus-a", "eth0"), ("multus-b", "net1"));
 }
@@ -116,9 +112,7 @@ fn one_pod_attached_twice_with_two_container_ids() {
 #[test]
 #[ignore = "needs root"]
 fn one_pod_attached_twice_with_one_container_id() {
-    let Some(mut w) = World::new("attached_twice_one_id") else {
-        return;
-    };
+    let mut w = World::new("attached_twice_one_id");
     attached_twice(&mut w, ("pod", "eth0"), ("pod", "net1"));
 }
 
@@ -144,9 +138,7 @@ fn race(
 /// 30 rounds of ADD racing `second`; every round must end wholly present or wholly absent, as
 /// `judge` (given both exit codes and the end state) decides. Each round is then torn down.
 fn rounds(name: &str, second: &str, judge: fn((i32, i32), &Attachment) -> bool) {
-    let Some(mut w) = World::new(name) else {
-        return;
-    };
+    let mut w = World::new(name);
     let conf = w.conf("1.0.0", ipam_v4("10.99.0.0/24"));
     let pod = w.pod();
     let mut bad = Vec::new();
@@ -195,9 +187,7 @@ fn concurrent_add_and_del_of_one_attachment_end_consistent() {
 #[test]
 #[ignore = "needs root"]
 fn del_and_gc_keep_the_lock_timeout_code() {
-    let Some(mut w) = World::new("del_and_gc_keep_the_lock_timeout_code") else {
-        return;
-    };
+    let mut w = World::new("del_and_gc_keep_the_lock_timeout_code");
     let conf = w.conf("1.1.0", ipam_v4("10.90.0.0/24"));
     let pod = w.pod();
     verb(&w, "ADD", "c", &pod, "eth0", &conf).run.ok();
@@ -224,9 +214,7 @@ fn del_and_gc_keep_the_lock_timeout_code() {
 #[test]
 #[ignore = "needs root"]
 fn the_longest_container_ids_add_check_and_delete() {
-    let Some(mut w) = World::new("the_longest_container_ids") else {
-        return;
-    };
+    let mut w = World::new("the_longest_container_ids");
     let conf = w.conf("1.0.0", ipam_v4("10.89.0.0/24"));
     // 256 bytes, the most SPEC allows; the two differ only in their last byte.
     let ids = [
@@ -270,9 +258,7 @@ fn the_longest_container_ids_add_check_and_delete() {
 #[test]
 #[ignore = "needs root"]
 fn a_netns_that_is_a_fifo_or_another_namespace_type_is_refused_at_once() {
-    let Some(w) = World::new("a_netns_that_is_a_fifo") else {
-        return;
-    };
+    let w = World::new("a_netns_that_is_a_fifo");
     let conf = w.conf("1.0.0", ipam_v4("10.88.0.0/24"));
     std::fs::create_dir_all(&w.state_dir).expect("stateDir");
     let fifo = w.state_dir.join("fifo");
