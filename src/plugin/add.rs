@@ -42,7 +42,9 @@ pub async fn add(req: &Add) -> Result<CniResult> {
         true => {
             let kube = conf.kube()?;
             let netns = Netns::open(&req.netns)?;
-            let cidrs = crate::cluster::for_add(kube, &conf.state_dir).await?.pod_cidrs;
+            let cidrs = crate::cluster::for_add(kube, &conf.state_dir)
+                .await?
+                .pod_cidrs;
             let plan = Plan::new(&conf.ipam, &conf.dns, &conf.net.raw, Some(&cidrs))?;
             (plan, netns)
         }

@@ -33,7 +33,10 @@ pub async fn gc(req: &Gc) -> Result<()> {
     // A record that cannot be read or trusted names no attachment the runtime could list: it
     // goes, and is never used to build a path or name a link.
     for (p, why) in unreadable {
-        tracing::warn!("GC removes untrusted attachment record {}: {why}", p.display());
+        tracing::warn!(
+            "GC removes untrusted attachment record {}: {why}",
+            p.display()
+        );
         if let Err(e) = state::remove_unreadable(&conf.state_dir, conf.name(), &p) {
             errors.push(e);
         }
@@ -41,7 +44,10 @@ pub async fn gc(req: &Gc) -> Result<()> {
     // Stale attachments another invocation holds (an ADD in progress) are left alone; a record
     // whose delegated lease could not be released stays, so the next GC retries it.
     let mut released = Vec::new();
-    for r in records.into_iter().filter(|r| !keep(&r.container_id, &r.ifname)) {
+    for r in records
+        .into_iter()
+        .filter(|r| !keep(&r.container_id, &r.ifname))
+    {
         let locked =
             state::try_lock_attachment(&conf.state_dir, conf.name(), &r.container_id, &r.ifname);
         let lock = match locked {

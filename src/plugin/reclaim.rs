@@ -70,11 +70,7 @@ pub async fn dead(host: &Host, conf: &Conf, path: &[PathBuf], orphans: bool, why
         match one(host, conf, path, r).await {
             Ok(true) => done.push(entry(conf, &r.container_id, &r.ifname, r.ips.clone(), why)),
             Ok(false) => {}
-            Err(e) => tracing::warn!(
-                "could not reclaim {}/{}: {e}",
-                r.container_id,
-                r.ifname
-            ),
+            Err(e) => tracing::warn!("could not reclaim {}/{}: {e}", r.container_id, r.ifname),
         }
     }
     if orphans && conf.ipam.delegate().is_none() {
@@ -82,7 +78,10 @@ pub async fn dead(host: &Host, conf: &Conf, path: &[PathBuf], orphans: bool, why
     }
     let n = done.len();
     if n > 0 {
-        tracing::info!("reclaimed {n} dead attachment(s) of network {} ({why})", conf.name());
+        tracing::info!(
+            "reclaimed {n} dead attachment(s) of network {} ({why})",
+            conf.name()
+        );
     }
     append(&conf.state_dir, done);
     n
@@ -121,8 +120,14 @@ async fn one(host: &Host, conf: &Conf, path: &[PathBuf], seen: &Record) -> Resul
     match (&r.ipam_delegate, r.mode) {
         (_, Mode::Chained) => {}
         (Some(d), _) => {
-            delegate::exec_for(&d.plugin, path, "DEL", d.stdin.as_bytes(), Some((cid, ifname)))
-                .await?;
+            delegate::exec_for(
+                &d.plugin,
+                path,
+                "DEL",
+                d.stdin.as_bytes(),
+                Some((cid, ifname)),
+            )
+            .await?;
         }
         (None, _) => {
             ipam::release_owner(&conf.state_dir, conf.name(), &Owner::new(cid, ifname))?;
@@ -158,7 +163,11 @@ async fn orphan_leases(host: &Host, conf: &Conf, records: &[Record], why: &str) 
         match orphan(host, conf, &o).await {
             Ok(Some(ips)) => done.push(entry(conf, &o.container_id, &o.ifname, ips, why)),
             Ok(None) => {}
-            Err(e) => tracing::warn!("could not reclaim leases of {}/{}: {e}", o.container_id, o.ifname),
+            Err(e) => tracing::warn!(
+                "could not reclaim leases of {}/{}: {e}",
+                o.container_id,
+                o.ifname
+            ),
         }
     }
     done

@@ -53,6 +53,8 @@ pub struct World {
     pub node: String,
     pub state_dir: PathBuf,
     pods: Vec<String>,
+    /// Pods made so far (names stay unique after a pod is deleted).
+    made: usize,
     /// Links (and their routes) the test itself set up in the node netns, e.g. a black hole.
     pub fixtures: Vec<String>,
 }
@@ -110,13 +112,15 @@ impl World {
             node,
             state_dir,
             pods: Vec::new(),
+            made: 0,
             fixtures: Vec::new(),
         }
     }
 
     /// A new pod netns; returns its path.
     pub fn pod(&mut self) -> String {
-        let name = format!("{}-p{}", self.tag, self.pods.len());
+        let name = format!("{}-p{}", self.tag, self.made);
+        self.made += 1;
         ip(&["netns", "add", &name]);
         ip(&["-n", &name, "link", "set", "lo", "up"]);
         self.pods.push(name.clone());
