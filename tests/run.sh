@@ -28,10 +28,13 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --all-targets --locked --features failpoints -- -D warnings
 log=$(mktemp /tmp/holdfast-test.XXXXXX)
 trap 'rm -f "$log"' EXIT
 echo "== cargo test"
-cargo test --all-targets --locked 2>&1 | tee "$log"
+# The privileged tests are #[ignore = "needs root"] for a plain `cargo test`; here they run, and
+# the failpoints of tests/crash.rs are compiled into the test build (never into a release).
+cargo test --all-targets --locked --features failpoints -- --include-ignored 2>&1 | tee "$log"
 
 # End to end, as root: a real containerd, and a real kube-apiserver (built once per machine).
 for e2e in tests/containerd/run.sh tests/apiserver/run.sh; do

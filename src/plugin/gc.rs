@@ -20,49 +20,10 @@ pub async fn gc(req: &Gc) -> Result<()> {
         return Ok(());
     };
     let conf = &req.conf;
-    let keep = |cid: &str, ifn: &str| {
-        valid
-            .iter()
-            .any(|a| a.container_id == cid && a.ifname == ifn)
-    };
     let mut errors: Vec<Error> = Vec::new();
-
     let host = Host::connect()?;
     super::reclaim::after_reboot(&host, conf, &req.path).await;
-    let (records, unreadable) = state::list(&conf.state_dir, conf.name());
-    // A record that cannot be read or trusted names no attachment the runtime could list: it
-    // goes, and is never used to build a path or name a link.
-    for (p, why) in unreadable {
-        tracing::warn!(
-            "GC removes untrusted attachment record {}: {why}",
-            p.display()
-        );
-        if let Err(e) = state::remove_unreadable(&conf.state_dir, conf.name(), &p) {
-            errors.push(e);
-        }
-    }
-    // Stale attachments another invocation holds (an ADD in progress) are left alone; a record
-    // whose delegated lease could not be released stays, so the next GC retries it.
-    let mut released = Vec::new();
-    for r in records
-        .into_iter()
-        .filter(|r| !keep(&r.container_id, &r.ifname))
-    {
-        let locked =
-            state::try_lock_attachment(&conf.state_dir, conf.name(), &r.container_id, &r.ifname);
-        let lock = match locked {
-            Ok(Some(l)) => l,
-            Ok(None) => continue,
-            Err(e) => {
-                errors.push(e);
-                continue;
-            }
-        };
-        match release_delegated(req, &r).await {
-            Ok(()) => released.push((r, lock)),
-            Err(e) => errors.push(e),
-        }
-    }
+    let released = stale_records(req, valid, &mut errors).await;
     let stale_leases = match conf.ipam.delegate() {
         Some(_) => Vec::new(),
         None => stale_leases(req, valid, &mut errors),
@@ -70,26 +31,10 @@ pub async fn gc(req: &Gc) -> Result<()> {
     let records: Vec<Record> = released.iter().map(|(r, _)| r.clone()).collect();
     delete_links(&host, &records, &stale_leases, &mut errors).await;
     release_leases(req, &stale_leases, &mut errors);
-    if let Some(plugin) = conf.ipam.delegate() {
-        let pass = match conf
-            .ipam
-            .delegate_stdin(&conf.net.raw, conf.cached_pod_cidrs().as_deref())
-        {
-            Ok(stdin) => {
-                ipam::pass_on(
-                    plugin,
-                    &req.path,
-                    &conf.net.version.to_string(),
-                    "GC",
-                    &stdin,
-                )
-                .await
-            }
-            Err(e) => Err(e),
-        };
-        if let Err(e) = pass {
-            errors.push(e);
-        }
+    if let Some(plugin) = conf.ipam.delegate()
+        && let Err(e) = pass_on(req, plugin).await
+    {
+        errors.push(e);
     }
     let removed = released.len();
     for (r, lock) in released {
@@ -101,6 +46,63 @@ pub async fn gc(req: &Gc) -> Result<()> {
     }
     tracing::info!(removed, errors = errors.len(), "GC done");
     Error::all("GC finished with errors", errors)
+}
+
+/// GC itself, for leases no record knows of, to a delegate that speaks the config's version.
+async fn pass_on(req: &Gc, plugin: &str) -> Result<()> {
+    let conf = &req.conf;
+    let stdin = conf
+        .ipam
+        .delegate_stdin(&conf.net.raw, conf.cached_pod_cidrs().as_deref())?;
+    let version = conf.net.version.to_string();
+    ipam::pass_on(plugin, &req.path, &version, "GC", &stdin)
+        .await
+        .map(|_| ())
+}
+
+/// The records of attachments the runtime did not list, locked, with their delegated leases
+/// released. One that another invocation holds (an ADD in progress) is left alone; one whose
+/// delegated lease could not be released stays, so the next GC retries it. A record that cannot
+/// be read or trusted names no attachment the runtime could list: it goes, and is never used to
+/// build a path or name a link.
+async fn stale_records(
+    req: &Gc,
+    valid: &[AttachmentId],
+    errors: &mut Vec<Error>,
+) -> Vec<(Record, state::AttachmentLock)> {
+    let conf = &req.conf;
+    let (records, unreadable) = state::list(&conf.state_dir, conf.name());
+    for (p, why) in unreadable {
+        tracing::warn!(
+            "GC removes untrusted attachment record {}: {why}",
+            p.display()
+        );
+        if let Err(e) = state::remove_unreadable(&conf.state_dir, conf.name(), &p) {
+            errors.push(e);
+        }
+    }
+    let mut out = Vec::new();
+    for r in records.into_iter().filter(|r| {
+        !valid
+            .iter()
+            .any(|a| a.container_id == r.container_id && a.ifname == r.ifname)
+    }) {
+        let locked =
+            state::try_lock_attachment(&conf.state_dir, conf.name(), &r.container_id, &r.ifname);
+        let lock = match locked {
+            Ok(Some(l)) => l,
+            Ok(None) => continue,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
+        match release_delegated(req, &r).await {
+            Ok(()) => out.push((r, lock)),
+            Err(e) => errors.push(e),
+        }
+    }
+    out
 }
 
 /// The DEL a stale interface-mode attachment's delegated ADD recorded, with its own IDs.
