@@ -20,6 +20,18 @@ use std::time::Duration;
 /// Temp files of a killed process older than this are anyone's to remove: no write takes so long.
 pub const STALE_TEMP: Duration = Duration::from_secs(60);
 
+/// Which fsyncs a write does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sync {
+    /// None: the file survives a crash of the process, not a power loss.
+    None,
+    /// The data, then the directory entry: the file survives power loss once the call returns.
+    Full,
+    /// Neither now: the caller fsyncs the directory later, for content whose loss in a power
+    /// cut is harmless.
+    Later,
+}
+
 /// An open directory, and the path it was opened by (for messages only).
 #[derive(Debug)]
 pub struct Dir {
@@ -243,26 +255,28 @@ impl Dir {
     /// Replaces `name` with `bytes` (temp file, rename), mode 0600; readers see the old or the
     /// new content. With `durable`, the data and the directory are fsynced before returning.
     pub fn write_atomic(&self, name: &str, bytes: &[u8], durable: bool) -> Result<()> {
-        self.write_atomic_fp(name, bytes, durable, "temp-written")
+        let sync = if durable { Sync::Full } else { Sync::None };
+        self.write_atomic_fp(name, bytes, sync, "temp-written")
     }
 
-    /// [`Dir::write_atomic`] with a named crash point between the temp file and the rename.
+    /// [`Dir::write_atomic`] with a choice of fsyncs and a named crash point between the temp
+    /// file and the rename.
     pub fn write_atomic_fp(
         &self,
         name: &str,
         bytes: &[u8],
-        durable: bool,
+        sync: Sync,
         failpoint: &str,
     ) -> Result<()> {
         let (tmp, mut f) = self.create_temp(name)?;
         let res = (|| -> std::io::Result<()> {
             f.write_all(bytes)?;
-            if durable {
+            if matches!(sync, Sync::Full) {
                 f.sync_all()?;
             }
             crate::failpoint::hit(failpoint);
             nix::fcntl::renameat(&self.fd, tmp.as_str(), &self.fd, name).map_err(io_err)?;
-            if durable {
+            if matches!(sync, Sync::Full) {
                 self.sync_raw()?;
             }
             Ok(())
@@ -280,8 +294,9 @@ impl Dir {
     /// Creates `name` holding `bytes` only if nothing has that name: the content is written and
     /// fsynced under a temporary name and then hard-linked into place, so `name` never exists
     /// without its content (not on ENOSPC, not after a kill at any instant). `Ok(false)` if the
-    /// name is taken. The directory is fsynced before `Ok(true)`.
-    pub fn create_with(&self, name: &str, bytes: &[u8]) -> Result<bool> {
+    /// name is taken. With `sync_dir`, the directory is fsynced before `Ok(true)`; otherwise the
+    /// caller does it (one directory fsync for several entries).
+    pub fn create_with(&self, name: &str, bytes: &[u8], sync_dir: bool) -> Result<bool> {
         let (tmp, mut f) = self.create_temp(name)?;
         let res = (|| -> std::io::Result<bool> {
             f.write_all(bytes)?;
@@ -298,7 +313,7 @@ impl Dir {
         let p = self.join(name);
         match res {
             Ok(true) => {
-                if let Err(e) = self.sync_raw() {
+                if let Err(e) = if sync_dir { self.sync_raw() } else { Ok(()) } {
                     // Not durable means not taken: the caller must not count on it.
                     let _ = nix::unistd::unlinkat(&self.fd, name, UnlinkatFlags::NoRemoveDir);
                     return Err(Error::io(format!("syncing {}", self.path.display()), e));
@@ -445,7 +460,7 @@ mod tests {
         let d = Dir::open_path(&sd, &["ipam"], false).unwrap().unwrap();
         symlink(outside.join("victim"), sd.join("ipam/f")).unwrap();
         assert_eq!(d.read("f", 10).unwrap_err().code(), 5);
-        assert!(!d.create_with("f", b"x").unwrap());
+        assert!(!d.create_with("f", b"x", true).unwrap());
         d.write_atomic("f", b"new", true).unwrap();
         assert_eq!(d.read("f", 10).unwrap().unwrap(), b"new");
         assert!(!outside.join("victim").exists());
@@ -457,8 +472,8 @@ mod tests {
     fn create_with_is_exclusive_and_leaves_no_temp() {
         let root = tmp("excl");
         let d = Dir::open(&root, true).unwrap().unwrap();
-        assert!(d.create_with("a", b"one").unwrap());
-        assert!(!d.create_with("a", b"two").unwrap());
+        assert!(d.create_with("a", b"one", true).unwrap());
+        assert!(!d.create_with("a", b"two", true).unwrap());
         assert_eq!(d.read("a", 3).unwrap().unwrap(), b"one");
         assert_eq!(d.read("a", 2).unwrap_err().code(), 5);
         let names: Vec<String> = d.entries().unwrap().into_iter().map(|e| e.0).collect();

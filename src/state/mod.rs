@@ -229,7 +229,7 @@ pub fn write(state_dir: &Path, r: &Record) -> Result<()> {
     d.write_atomic_fp(
         &file_name_of(&r.container_id, &r.ifname),
         &bytes,
-        true,
+        at::Sync::Full,
         "record-temp",
     )
 }
