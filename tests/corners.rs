@@ -1,6 +1,7 @@
 //! Runtime corners seen in the field (issue 9): CRI-O's "unspecified" burst, one pod attached
 //! twice to one network, racing verbs on one attachment, a held IPAM lock keeps code 11, the
-//! longest container ID, and netns paths that are not network namespaces.
+//! longest container ID, netns paths that are not network namespaces, and delegated IPAM
+//! plugins that hang or outlive a killed holdfast.
 
 mod common;
 use common::night::*;
@@ -295,4 +296,70 @@ fn a_netns_that_is_a_fifo_or_another_namespace_type_is_refused_at_once() {
         }
         assert_no_attachment_left(&w, &[], &format!("after {netns}"));
     }
+}
+
+/// A delegated IPAM plugin that records its pid and sleeps on ADD (never reading its stdin);
+/// its DEL succeeds at once.
+fn sleepy_delegate(w: &World, name: &str) -> (String, Sleeper) {
+    let file = w.state_dir.join("bin").join(format!("{name}.pid"));
+    let body = format!(
+        "case \"$CNI_COMMAND\" in ADD) echo $$ > {}; exec sleep 300;; esac\nexit 0",
+        file.display()
+    );
+    (script_plugin(w, name, &body), Sleeper { file })
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_killed_holdfast_does_not_leave_its_delegate_running() {
+    let Some(mut w) = World::new("a_killed_holdfast_does_not_leave_its_delegate") else {
+        return;
+    };
+    let (path, sleeper) = sleepy_delegate(&w, "slow-ipam");
+    let conf = w.conf("1.0.0", json!({"type": "slow-ipam"}));
+    let pod = w.pod();
+    let env = [
+        ("CNI_CONTAINERID", "c"),
+        ("CNI_NETNS", pod.as_str()),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_PATH", path.as_str()),
+    ];
+    let mut run = start(&node_argv(&w), "ADD", &conf, &env);
+    sleeper.wait_started(Duration::from_secs(20));
+    // As containerd does when the ADD outlives its request: SIGKILL, nothing to clean up with.
+    let _ = run.child.kill();
+    assert_eq!(run.finish(CEILING).signal, Some(9));
+    assert!(
+        sleeper.gone_within(Duration::from_secs(10)),
+        "the delegate outlived the holdfast that ran it"
+    );
+    bare(&w, "DEL", &conf, &env).run.ok();
+    w.assert_clean();
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_delegate_that_never_reads_its_stdin_is_cut_off_at_the_deadline() {
+    let Some(mut w) = World::new("a_delegate_that_never_reads_its_stdin") else {
+        return;
+    };
+    let (path, sleeper) = sleepy_delegate(&w, "mute-ipam");
+    let mut conf = w.conf("1.0.0", json!({"type": "mute-ipam"}));
+    // Larger than a pipe's buffer: writing it blocks until the plugin reads, which it never does.
+    conf["pad"] = json!("x".repeat(200_000));
+    let pod = w.pod();
+    let env = [
+        ("CNI_CONTAINERID", "c"),
+        ("CNI_NETNS", pod.as_str()),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_PATH", path.as_str()),
+    ];
+    // The delegate deadline is 30 s; the ceiling only turns a hang into a failure.
+    bare(&w, "ADD", &conf, &env).run.err(11, "mute-ipam");
+    assert!(
+        sleeper.gone_within(Duration::from_secs(10)),
+        "the delegate outlived its deadline"
+    );
+    bare(&w, "DEL", &conf, &env).run.ok();
+    w.assert_clean();
 }

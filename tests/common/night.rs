@@ -29,6 +29,20 @@ pub fn spawn(
     env: &[(&str, &str)],
     ceiling: Duration,
 ) -> Exit {
+    start(argv, command, conf, env).finish(ceiling)
+}
+
+/// A plugin run under way.
+pub struct Started {
+    pub child: Child,
+    what: String,
+    out: std::thread::JoinHandle<String>,
+    err: std::thread::JoinHandle<String>,
+}
+
+/// Starts `argv` as [`spawn`] does, without waiting; stdin is written from a thread of its own
+/// so a plugin that never reads it cannot block the test.
+pub fn start(argv: &[String], command: &str, conf: &Value, env: &[(&str, &str)]) -> Started {
     let mut c = Command::new(&argv[0]);
     c.args(&argv[1..])
         .env_clear()
@@ -43,19 +57,32 @@ pub fn spawn(
     }
     let mut child = c.spawn().expect("spawn plugin");
     if let Some(mut si) = child.stdin.take() {
-        let _ = si.write_all(conf.to_string().as_bytes());
+        let input = conf.to_string().into_bytes();
+        std::thread::spawn(move || {
+            let _ = si.write_all(&input);
+        });
     }
-    let out = drain(child.stdout.take());
-    let err = drain(child.stderr.take());
-    let status = wait_within(&mut child, ceiling)
-        .unwrap_or_else(|| panic!("{command} {argv:?} hung for {ceiling:?}; killed"));
-    Exit {
-        signal: status.signal(),
-        run: Run {
-            code: status.code().unwrap_or(-1),
-            stdout: out.join().unwrap_or_default(),
-            stderr: err.join().unwrap_or_default(),
-        },
+    Started {
+        out: drain(child.stdout.take()),
+        err: drain(child.stderr.take()),
+        child,
+        what: format!("{command} {argv:?}"),
+    }
+}
+
+impl Started {
+    /// Waits for the run to end; past `ceiling` it is killed and the test fails as a hang.
+    pub fn finish(mut self, ceiling: Duration) -> Exit {
+        let status = wait_within(&mut self.child, ceiling)
+            .unwrap_or_else(|| panic!("{} hung for {ceiling:?}; killed", self.what));
+        Exit {
+            signal: status.signal(),
+            run: Run {
+                code: status.code().unwrap_or(-1),
+                stdout: self.out.join().unwrap_or_default(),
+                stderr: self.err.join().unwrap_or_default(),
+            },
+        }
     }
 }
 
@@ -85,7 +112,8 @@ fn wait_within(child: &mut Child, ceiling: Duration) -> Option<std::process::Exi
     }
 }
 
-fn node_argv(w: &World) -> Vec<String> {
+/// The argv that runs the plugin in the node netns.
+pub fn node_argv(w: &World) -> Vec<String> {
     ["ip", "netns", "exec", &w.node, super::BIN]
         .map(String::from)
         .to_vec()
@@ -398,4 +426,79 @@ pub fn attachment(w: &World, cid: &str, netns: &str, ifname: &str) -> Result<Att
         return Ok(Attachment::Present(leases));
     }
     Err(seen)
+}
+
+/// A stand-in delegated IPAM plugin `name` (a shell script) in a directory of the test's own;
+/// returns a `CNI_PATH` that finds it first.
+pub fn script_plugin(w: &World, name: &str, body: &str) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = w.state_dir.join("bin");
+    std::fs::create_dir_all(&dir).expect("plugin dir");
+    let plugin = dir.join(name);
+    std::fs::write(&plugin, format!("#!/bin/sh\n{body}\n")).expect("writing plugin");
+    std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    format!("{}:{}", dir.display(), cni_path())
+}
+
+/// A `sleep` a stand-in plugin started, known by the pid it wrote to `file`; if the test ends
+/// with it still alive, it is killed by that pid (after checking it still is that `sleep`).
+pub struct Sleeper {
+    pub file: PathBuf,
+}
+
+impl Sleeper {
+    /// Waits (within `ceiling`) until the plugin has written its pid and become the `sleep`.
+    pub fn wait_started(&self, ceiling: Duration) {
+        let end = Instant::now() + ceiling;
+        while !self.alive() {
+            assert!(
+                Instant::now() < end,
+                "{} never started",
+                self.file.display()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits (within `ceiling`) for the `sleep` to be gone; false if it outlived the ceiling.
+    pub fn gone_within(&self, ceiling: Duration) -> bool {
+        let end = Instant::now() + ceiling;
+        while self.alive() {
+            if Instant::now() > end {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
+    }
+
+    /// Is that pid still our `sleep` (and not a zombie)?
+    pub fn alive(&self) -> bool {
+        let Ok(pid) = std::fs::read_to_string(&self.file) else {
+            return false;
+        };
+        let proc = format!("/proc/{}", pid.trim());
+        let cmd = std::fs::read(format!("{proc}/cmdline")).unwrap_or_default();
+        let zombie = std::fs::read_to_string(format!("{proc}/stat")).is_ok_and(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('Z'))
+        });
+        cmd.starts_with(b"sleep") && !zombie
+    }
+}
+
+impl Drop for Sleeper {
+    fn drop(&mut self) {
+        if self.alive()
+            && let Some(pid) = std::fs::read_to_string(&self.file)
+                .ok()
+                .and_then(|s| s.trim().parse::<i32>().ok())
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
 }
