@@ -1,6 +1,7 @@
 //! Runtime corners seen in the field (issue 9): CRI-O's "unspecified" burst, one pod attached
-//! twice to one network, racing verbs on one attachment, a held IPAM lock keeps code 11, the
-//! longest container ID, and netns paths that are not network namespaces.
+//! twice to one network, racing verbs on one attachment, a held IPAM lock keeps code 11, and
+//! two of the longest container IDs. (FIFO and non-net netns, a single long ID and deaf or
+//! orphaned delegates are tests/files.rs's.)
 
 mod common;
 use common::night::*;
@@ -213,28 +214,21 @@ fn del_and_gc_keep_the_lock_timeout_code() {
 
 #[test]
 #[ignore = "needs root"]
-fn the_longest_container_ids_add_check_and_delete() {
-    let mut w = World::new("the_longest_container_ids");
+fn two_longest_container_ids_that_differ_in_the_last_byte_stay_apart() {
+    let mut w = World::new("two_longest_container_ids");
     let conf = w.conf("1.0.0", ipam_v4("10.89.0.0/24"));
-    // 256 bytes, the most SPEC allows; the two differ only in their last byte.
+    // 256 bytes, the most SPEC allows: file names must be derived from the whole ID, not a
+    // prefix that fits NAME_MAX.
     let ids = [
         format!("{}0", "a".repeat(255)),
         format!("{}1", "a".repeat(255)),
     ];
-    let never = format!("{}2", "b".repeat(255));
-    verb(&w, "DEL", &never, "", "eth0", &conf).run.ok();
     let pods: Vec<String> = ids.iter().map(|_| w.pod()).collect();
     let results: Vec<Value> = ids
         .iter()
         .zip(&pods)
         .map(|(id, p)| verb(&w, "ADD", id, p, "eth0", &conf).run.ok().json())
         .collect();
-    for f in state_files(&w) {
-        assert!(
-            f.rsplit('/').all(|part| part.len() <= 255),
-            "name too long: {f}"
-        );
-    }
     for ((id, p), r) in ids.iter().zip(&pods).zip(&results) {
         assert_eq!(records_of(&w, id, "eth0").len(), 1, "one record per ID");
         verb(&w, "CHECK", id, p, "eth0", &with_prev(&conf, r))
@@ -247,38 +241,17 @@ fn the_longest_container_ids_add_check_and_delete() {
         Ok(Attachment::Present(vec![addr_of(&results[1], 0)])),
         "DEL of one long ID leaves the other"
     );
-    for (id, p) in ids.iter().zip(&pods) {
-        verb(&w, "DEL", id, p, "eth0", &conf).run.ok();
-        verb(&w, "DEL", id, p, "eth0", &conf).run.ok();
-    }
+    verb(
+        &w,
+        "CHECK",
+        &ids[1],
+        &pods[1],
+        "eth0",
+        &with_prev(&conf, &results[1]),
+    )
+    .run
+    .ok();
+    verb(&w, "DEL", &ids[1], &pods[1], "eth0", &conf).run.ok();
     let refs: Vec<&str> = pods.iter().map(String::as_str).collect();
-    assert_no_attachment_left(&w, &refs, "after every DEL");
-}
-
-#[test]
-#[ignore = "needs root"]
-fn a_netns_that_is_a_fifo_or_another_namespace_type_is_refused_at_once() {
-    let w = World::new("a_netns_that_is_a_fifo");
-    let conf = w.conf("1.0.0", ipam_v4("10.88.0.0/24"));
-    std::fs::create_dir_all(&w.state_dir).expect("stateDir");
-    let fifo = w.state_dir.join("fifo");
-    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
-    let fifo = fifo.display().to_string();
-    for netns in [fifo.as_str(), "/proc/self/ns/mnt", "/proc/self/ns/uts"] {
-        let prev = json!({"cniVersion": "1.0.0", "interfaces": [{"name": "eth0", "sandbox": netns}],
-                          "ips": [{"address": "10.88.0.2/24", "interface": 0}]});
-        for (command, c) in [("ADD", conf.clone()), ("CHECK", with_prev(&conf, &prev))] {
-            let env = [
-                ("CNI_CONTAINERID", "c"),
-                ("CNI_NETNS", netns),
-                ("CNI_IFNAME", "eth0"),
-            ];
-            // A hang is the failure here: the ceiling turns it into one.
-            let node = ["ip", "netns", "exec", &w.node, BIN].map(String::from);
-            spawn(&node, command, &c, &env, Duration::from_secs(20))
-                .run
-                .err(4, "CNI_NETNS");
-        }
-        assert_no_attachment_left(&w, &[], &format!("after {netns}"));
-    }
+    assert_no_attachment_left(&w, &refs, "after both DELs");
 }

@@ -135,9 +135,7 @@ fn cni_bounded(
 #[test]
 #[ignore = "needs root"]
 fn planted_symlinks_at_files_are_never_followed() {
-    let Some(mut w) = World::new("planted_symlinks_at_files_are_never_followed") else {
-        return;
-    };
+    let mut w = World::new("planted_symlinks_at_files_are_never_followed");
     let out = Outside::new(&w);
     for v in ["victim1", "victim2", "victim3", "victim5"] {
         std::fs::write(out.0.join(v), b"keep").unwrap();
@@ -185,9 +183,7 @@ fn planted_symlinks_at_files_are_never_followed() {
 #[test]
 #[ignore = "needs root"]
 fn a_symlinked_lock_or_state_directory_is_refused() {
-    let Some(mut w) = World::new("a_symlinked_lock_or_state_directory_is_refused") else {
-        return;
-    };
+    let mut w = World::new("a_symlinked_lock_or_state_directory_is_refused");
     let out = Outside::new(&w);
     std::fs::create_dir_all(out.0.join("ipamdir")).unwrap();
     std::fs::create_dir_all(out.0.join("attdir")).unwrap();
@@ -234,9 +230,7 @@ fn a_symlinked_lock_or_state_directory_is_refused() {
 #[test]
 #[ignore = "needs root"]
 fn a_planted_record_is_reported_not_used() {
-    let Some(w) = World::new("a_planted_record_is_reported_not_used") else {
-        return;
-    };
+    let w = World::new("a_planted_record_is_reported_not_used");
     let out = Outside::new(&w);
     std::fs::write(out.0.join("gcvictim@x.json"), b"keep").unwrap();
     let before = out.snapshot();
@@ -278,9 +272,7 @@ fn a_planted_record_is_reported_not_used() {
 #[test]
 #[ignore = "needs root"]
 fn an_oversized_record_or_delegate_output_is_a_clear_error() {
-    let Some(mut w) = World::new("an_oversized_record_or_delegate_output_is_a_clear_error") else {
-        return;
-    };
+    let mut w = World::new("an_oversized_record_or_delegate_output_is_a_clear_error");
     let pod = w.pod();
     let conf = v4(&w);
     let r = w.cni("ADD", "o1", &pod, "eth0", &conf).ok().json();
@@ -365,9 +357,7 @@ fn fill(dir: &Path) -> PathBuf {
 #[test]
 #[ignore = "needs root"]
 fn a_full_disk_is_code_5_and_leaves_no_empty_lease_or_temp() {
-    let Some(mut w) = World::new("a_full_disk_is_code_5_and_leaves_no_empty_lease_or_temp") else {
-        return;
-    };
+    let mut w = World::new("a_full_disk_is_code_5_and_leaves_no_empty_lease_or_temp");
     let fs = Tmpfs::mount(&w.state_dir, "256k");
     let conf = v4(&w);
     let p1 = w.pod();
@@ -402,10 +392,7 @@ fn a_full_disk_is_code_5_and_leaves_no_empty_lease_or_temp() {
 #[test]
 #[ignore = "needs root"]
 fn a_fifo_or_a_foreign_namespace_file_as_netns_is_code_4_at_once() {
-    let Some(w) = World::new("a_fifo_or_a_foreign_namespace_file_as_netns_is_code_4_at_once")
-    else {
-        return;
-    };
+    let w = World::new("a_fifo_or_a_foreign_namespace_file_as_netns_is_code_4_at_once");
     std::fs::create_dir_all(&w.state_dir).unwrap();
     let fifo = w.state_dir.join("afifo");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
@@ -436,9 +423,7 @@ fn a_fifo_or_a_foreign_namespace_file_as_netns_is_code_4_at_once() {
 #[test]
 #[ignore = "needs root"]
 fn a_256_character_container_id_adds_and_deletes() {
-    let Some(mut w) = World::new("a_256_character_container_id_adds_and_deletes") else {
-        return;
-    };
+    let mut w = World::new("a_256_character_container_id_adds_and_deletes");
     let pod = w.pod();
     let conf = v4(&w);
     let id = format!("a{}", "0123456789abcdef".repeat(16).get(1..).unwrap());
@@ -465,9 +450,7 @@ fn a_256_character_container_id_adds_and_deletes() {
 #[test]
 #[ignore = "needs root"]
 fn a_delegate_that_never_reads_a_large_config_times_out() {
-    let Some(mut w) = World::new("a_delegate_that_never_reads_a_large_config_times_out") else {
-        return;
-    };
+    let mut w = World::new("a_delegate_that_never_reads_a_large_config_times_out");
     let pod = w.pod();
     let bin = w.state_dir.join("bin");
     std::fs::create_dir_all(&bin).unwrap();
@@ -497,9 +480,7 @@ fn proc_state(pid: i32) -> Option<char> {
 #[test]
 #[ignore = "needs root"]
 fn a_killed_holdfast_leaves_no_delegate_running() {
-    let Some(mut w) = World::new("a_killed_holdfast_leaves_no_delegate_running") else {
-        return;
-    };
+    let mut w = World::new("a_killed_holdfast_leaves_no_delegate_running");
     let pod = w.pod();
     let bin = w.state_dir.join("bin");
     std::fs::create_dir_all(&bin).unwrap();

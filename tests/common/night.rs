@@ -29,6 +29,20 @@ pub fn spawn(
     env: &[(&str, &str)],
     ceiling: Duration,
 ) -> Exit {
+    start(argv, command, conf, env).finish(ceiling)
+}
+
+/// A plugin run under way.
+pub struct Started {
+    pub child: Child,
+    what: String,
+    out: std::thread::JoinHandle<String>,
+    err: std::thread::JoinHandle<String>,
+}
+
+/// Starts `argv` as [`spawn`] does, without waiting; stdin is written from a thread of its own
+/// so a plugin that never reads it cannot block the test.
+pub fn start(argv: &[String], command: &str, conf: &Value, env: &[(&str, &str)]) -> Started {
     let mut c = Command::new(&argv[0]);
     c.args(&argv[1..])
         .env_clear()
@@ -43,19 +57,32 @@ pub fn spawn(
     }
     let mut child = c.spawn().expect("spawn plugin");
     if let Some(mut si) = child.stdin.take() {
-        let _ = si.write_all(conf.to_string().as_bytes());
+        let input = conf.to_string().into_bytes();
+        std::thread::spawn(move || {
+            let _ = si.write_all(&input);
+        });
     }
-    let out = drain(child.stdout.take());
-    let err = drain(child.stderr.take());
-    let status = wait_within(&mut child, ceiling)
-        .unwrap_or_else(|| panic!("{command} {argv:?} hung for {ceiling:?}; killed"));
-    Exit {
-        signal: status.signal(),
-        run: Run {
-            code: status.code().unwrap_or(-1),
-            stdout: out.join().unwrap_or_default(),
-            stderr: err.join().unwrap_or_default(),
-        },
+    Started {
+        out: drain(child.stdout.take()),
+        err: drain(child.stderr.take()),
+        child,
+        what: format!("{command} {argv:?}"),
+    }
+}
+
+impl Started {
+    /// Waits for the run to end; past `ceiling` it is killed and the test fails as a hang.
+    pub fn finish(mut self, ceiling: Duration) -> Exit {
+        let status = wait_within(&mut self.child, ceiling)
+            .unwrap_or_else(|| panic!("{} hung for {ceiling:?}; killed", self.what));
+        Exit {
+            signal: status.signal(),
+            run: Run {
+                code: status.code().unwrap_or(-1),
+                stdout: self.out.join().unwrap_or_default(),
+                stderr: self.err.join().unwrap_or_default(),
+            },
+        }
     }
 }
 
@@ -85,7 +112,8 @@ fn wait_within(child: &mut Child, ceiling: Duration) -> Option<std::process::Exi
     }
 }
 
-fn node_argv(w: &World) -> Vec<String> {
+/// The argv that runs the plugin in the node netns.
+pub fn node_argv(w: &World) -> Vec<String> {
     ["ip", "netns", "exec", &w.node, super::BIN]
         .map(String::from)
         .to_vec()
