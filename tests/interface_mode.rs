@@ -251,58 +251,19 @@ fn check_names_what_drifted() {
     let with = with_prev(&conf, &r);
     w.cni("CHECK", "c", &pod, "eth0", &with).ok();
 
-    ip(&["-n", &podns, "route", "del", "default"]);
+    ip_in(&podns, "route del default");
     w.cni("CHECK", "c", &pod, "eth0", &with)
         .err(101, "route 0.0.0.0/0 via 10.17.0.1");
-    ip(&[
-        "-n",
-        &podns,
-        "route",
-        "add",
-        "default",
-        "via",
-        "10.17.0.1",
-        "dev",
-        "eth0",
-    ]);
+    ip_in(&podns, "route add default via 10.17.0.1 dev eth0");
     w.cni("CHECK", "c", &pod, "eth0", &with).ok();
 
-    ip(&["-n", &podns, "addr", "del", "10.17.0.2/24", "dev", "eth0"]);
+    ip_in(&podns, "addr del 10.17.0.2/24 dev eth0");
     w.cni("CHECK", "c", &pod, "eth0", &with)
         .err(101, "address 10.17.0.2/24");
     // Removing the last IPv4 address flushed the device's routes: put everything back.
-    ip(&[
-        "-n",
-        &podns,
-        "addr",
-        "add",
-        "10.17.0.2/24",
-        "dev",
-        "eth0",
-        "noprefixroute",
-    ]);
-    ip(&[
-        "-n",
-        &podns,
-        "route",
-        "add",
-        "10.17.0.1",
-        "dev",
-        "eth0",
-        "scope",
-        "link",
-    ]);
-    ip(&[
-        "-n",
-        &podns,
-        "route",
-        "add",
-        "default",
-        "via",
-        "10.17.0.1",
-        "dev",
-        "eth0",
-    ]);
+    ip_in(&podns, "addr add 10.17.0.2/24 dev eth0 noprefixroute");
+    ip_in(&podns, "route add 10.17.0.1 dev eth0 scope link");
+    ip_in(&podns, "route add default via 10.17.0.1 dev eth0");
     w.cni("CHECK", "c", &pod, "eth0", &with).ok();
 
     let lease = w.state_dir.join("ipam/testnet/10.17.0.2");
@@ -355,4 +316,11 @@ fn del_by_link_group_never_takes_a_foreign_link_in_the_group() {
     );
     ip(&["-n", &w.node, "link", "del", "foreign0"]);
     w.assert_clean();
+}
+
+/// `ip -n NETNS <words>`.
+fn ip_in(netns: &str, words: &str) {
+    let mut args = vec!["-n", netns];
+    args.extend(words.split_whitespace());
+    ip(&args);
 }

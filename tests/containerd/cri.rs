@@ -36,6 +36,39 @@ async fn connect(socket: String) -> Result<Client, String> {
     Ok(RuntimeServiceClient::new(channel))
 }
 
+/// `run NAME NAMESPACE UID [K=V ...]`: RunPodSandbox with those annotations; `Err(None)` is a
+/// usage error.
+async fn run_pod(c: &mut Client, args: &[String]) -> Result<String, Option<String>> {
+    let (Some(name), Some(namespace), Some(uid)) = (args.get(1), args.get(2), args.get(3)) else {
+        return Err(None);
+    };
+    let annotations: HashMap<String, String> = args[4..]
+        .iter()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let config = PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: name.clone(),
+            uid: uid.clone(),
+            namespace: namespace.clone(),
+            attempt: 0,
+        }),
+        hostname: name.clone(),
+        annotations,
+        linux: Some(LinuxPodSandboxConfig::default()),
+        ..Default::default()
+    };
+    let r = c
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(config),
+            runtime_handler: String::new(),
+        })
+        .await
+        .map_err(|e| Some(format!("RunPodSandbox: {}: {}", e.code(), e.message())))?;
+    Ok(r.into_inner().pod_sandbox_id)
+}
+
 async fn run(mut c: Client, args: &[String]) -> Result<String, String> {
     let usage = || {
         "usage: cri SOCKET run NAME NAMESPACE UID [K=V ...] | ip ID | stop ID | remove ID | list"
@@ -44,37 +77,9 @@ async fn run(mut c: Client, args: &[String]) -> Result<String, String> {
     let id = || args.get(1).cloned().ok_or_else(usage);
     let fail = |what: &str, e: tonic::Status| format!("{what}: {}: {}", e.code(), e.message());
     match args.first().map(String::as_str) {
-        Some("run") => {
-            let (Some(name), Some(namespace), Some(uid)) = (args.get(1), args.get(2), args.get(3))
-            else {
-                return Err(usage());
-            };
-            let annotations: HashMap<String, String> = args[4..]
-                .iter()
-                .filter_map(|kv| kv.split_once('='))
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
-            let config = PodSandboxConfig {
-                metadata: Some(PodSandboxMetadata {
-                    name: name.clone(),
-                    uid: uid.clone(),
-                    namespace: namespace.clone(),
-                    attempt: 0,
-                }),
-                hostname: name.clone(),
-                annotations,
-                linux: Some(LinuxPodSandboxConfig::default()),
-                ..Default::default()
-            };
-            let r = c
-                .run_pod_sandbox(RunPodSandboxRequest {
-                    config: Some(config),
-                    runtime_handler: String::new(),
-                })
-                .await
-                .map_err(|e| fail("RunPodSandbox", e))?;
-            Ok(r.into_inner().pod_sandbox_id)
-        }
+        Some("run") => run_pod(&mut c, args)
+            .await
+            .map_err(|e| e.unwrap_or_else(usage)),
         Some("ip") => {
             let r = c
                 .pod_sandbox_status(PodSandboxStatusRequest {
