@@ -5,6 +5,7 @@
 #![cfg(feature = "failpoints")]
 
 mod common;
+use common::libcni::{Chain, REFERENCE_DIR};
 use common::night::*;
 use common::*;
 use serde_json::{Value, json};
@@ -101,11 +102,15 @@ fn killed_add_with_delegated_host_local_leaves_nothing() {
 /// Every step in a world of its own, so one step's leftovers cannot spoil the next; the test
 /// fails naming every step that went wrong.
 fn sweep(name: &str, v: &Variant) {
+    sweep_steps(name, &v.steps, &|w, fp| kill_at(w, v, fp));
+}
+
+fn sweep_steps(name: &str, steps: &[&str], kill_at: &dyn Fn(&mut World, &str)) {
     let mut failed = Vec::new();
-    for fp in &v.steps {
+    for fp in steps {
         let step = std::panic::AssertUnwindSafe(|| {
             let mut w = World::new(&format!("{name}_{fp}"));
-            kill_at(&mut w, v, fp);
+            kill_at(&mut w, fp);
         });
         if let Err(e) = std::panic::catch_unwind(step) {
             let msg = e
@@ -120,7 +125,7 @@ fn sweep(name: &str, v: &Variant) {
         failed.is_empty(),
         "{}/{} steps went wrong:\n{}",
         failed.len(),
-        v.steps.len(),
+        steps.len(),
         failed.join("\n")
     );
 }
@@ -196,4 +201,91 @@ fn fill_the_range(w: &mut World, conf: &Value, baseline: &[String]) {
     }
     let refs: Vec<&str> = pods.iter().map(String::as_str).collect();
     assert_nothing_left(w, &refs, baseline, "after filling the range");
+}
+
+/// The chained-mode ADD failpoints, in order.
+const CHAINED_STEPS: &[&str] = &[
+    "add-locked",
+    "add-ifb",
+    "add-shaped",
+    "record-temp",
+    "add-recorded",
+];
+
+#[test]
+#[ignore = "needs root"]
+fn killed_chained_add_after_ptp_leaves_nothing() {
+    sweep_steps("killed_chained_add", CHAINED_STEPS, &chained_kill_at);
+}
+
+/// ptp + host-local made the pod's veth; holdfast shapes it. (a) holdfast's ADD killed at `fp`,
+/// then the chain's DEL; (b) killed twice, retried whole, then the chain's DEL.
+fn chained_kill_at(w: &mut World, fp: &str) {
+    let bw = json!({"ingressRate": 8_000_000, "ingressBurst": 80_000,
+                    "egressRate": 8_000_000, "egressBurst": 80_000});
+    let ipam = json!({"type": "host-local", "dataDir": w.state_dir.join("host-local"),
+                      "ranges": [[{"subnet": "10.87.0.0/24"}]], "routes": [{"dst": "0.0.0.0/0"}]});
+    let list = json!({"cniVersion": "1.0.0", "name": "testnet", "plugins": [
+        {"type": "ptp", "ipMasq": false, "ipam": ipam},
+        {"type": "holdfast", "stateDir": w.state_dir, "logLevel": "warn",
+         "capabilities": {"bandwidth": true}}]});
+    let pod = w.pod();
+    let ptp = format!("{REFERENCE_DIR}/ptp");
+    let mut baseline = None;
+    for (cid, kills) in [("warm", 0), ("once", 1), ("twice", 2)] {
+        let ptp_conf = with_name(&list, 0, None);
+        let env = [
+            ("CNI_CONTAINERID", cid),
+            ("CNI_NETNS", pod.as_str()),
+            ("CNI_IFNAME", "eth0"),
+        ];
+        let prev = w.exec(&ptp, "ADD", &ptp_conf, &env).ok().json();
+        let mut conf = with_name(&list, 1, Some(&prev));
+        conf["runtimeConfig"] = json!({"bandwidth": bw});
+        for _ in 0..kills {
+            add_killed_at(w, fp, cid, &pod, "eth0", &conf);
+        }
+        if kills != 1 {
+            let r = verb(w, "ADD", cid, &pod, "eth0", &conf).run.ok().json();
+            let veth = r["interfaces"][0]["name"].as_str().unwrap_or_default();
+            assert!(
+                w.host_tc(veth).0.is_some(),
+                "{fp}: {cid}: ptp's veth is shaped"
+            );
+            let ifb = holdfast::dataplane::names::ifb(cid, "eth0");
+            assert!(w.node_links().contains(&ifb), "{fp}: {cid}: {ifb} is there");
+            assert_eq!(
+                records_of(w, cid, "eth0").len(),
+                1,
+                "{fp}: {cid}: one record"
+            );
+        }
+        let chain = Chain {
+            w,
+            list: list.clone(),
+            runtime: json!({"bandwidth": bw}),
+        };
+        chain
+            .del(cid, &pod, "eth0", Some(&prev))
+            .unwrap_or_else(|(p, r)| panic!("{fp}: {cid}: {p} DEL: {r:?}"));
+        let base = baseline.get_or_insert_with(|| state_files(w)).clone();
+        assert_nothing_left(
+            w,
+            &[&pod],
+            &base,
+            &format!("{fp}: {cid} (killed {kills}x), chain DEL"),
+        );
+    }
+}
+
+/// Plugin `i` of a conflist as libcni hands it over: the list's name and version, and
+/// `prevResult` when there is one.
+fn with_name(list: &Value, i: usize, prev: Option<&Value>) -> Value {
+    let mut p = list["plugins"][i].clone();
+    p["name"] = list["name"].clone();
+    p["cniVersion"] = list["cniVersion"].clone();
+    if let Some(prev) = prev {
+        p["prevResult"] = prev.clone();
+    }
+    p
 }

@@ -93,19 +93,9 @@ fn cni_bounded(
     env: &[(&str, &str)],
     ceiling: Duration,
 ) -> (Run, bool) {
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", &w.node, BIN])
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("CNI_COMMAND", command)
-        .env("CNI_PATH", cni_path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    let mut child = c.spawn().unwrap();
+    let mut child = plugin_command(&["ip", "netns", "exec", &w.node, BIN], command, env)
+        .spawn()
+        .unwrap();
     let input = conf.to_string().into_bytes();
     let mut si = child.stdin.take().unwrap();
     let writer = std::thread::spawn(move || {

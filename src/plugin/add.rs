@@ -71,24 +71,16 @@ pub async fn add(req: &Add) -> Result<CniResult> {
         target: &target,
         limits: &limits,
     };
+    let cx = Ctx {
+        host: &host,
+        pod: Some(&pod),
+        plan: Some(&plan),
+        target: &target,
+        state_dir: &conf.state_dir,
+    };
     let mut undo = Undo::default();
-    match steps(&w, &mut undo).await {
-        Ok(result) => {
-            undo.commit();
-            Ok(result)
-        }
-        Err(e) => {
-            let cx = Ctx {
-                host: &host,
-                pod: Some(&pod),
-                plan: Some(&plan),
-                target: &target,
-                state_dir: &conf.state_dir,
-            };
-            undo.unwind(&cx).await;
-            Err(e)
-        }
-    }
+    let outcome = steps(&w, &mut undo).await;
+    undo.settle(outcome, &cx).await
 }
 
 pub(super) fn target(req: &Add) -> Target<'_> {

@@ -68,27 +68,18 @@ pub async fn add(req: &Add) -> Result<CniResult> {
     link::delete_by_name(&host, &names.ifb).await?;
 
     let target = super::add::target(req);
+    // The veth is the earlier plugin's: only what this ADD added to it is undone (its qdiscs are
+    // cleared to the kernel's default; the plugins holdfast chains after set none).
+    let cx = Ctx {
+        host: &host,
+        pod: Some(&pod),
+        plan: None,
+        target: &target,
+        state_dir: &req.conf.state_dir,
+    };
     let mut undo = Undo::default();
-    match steps(req, &host, &pod, &netns, &names, &limits, &mut undo).await {
-        Ok(result) => {
-            undo.commit();
-            Ok(result)
-        }
-        Err(e) => {
-            // The veth is the earlier plugin's: only what this ADD added to it goes (its qdiscs
-            // are cleared to the kernel's default; the earlier plugins of a chain that holdfast
-            // follows set none).
-            let cx = Ctx {
-                host: &host,
-                pod: Some(&pod),
-                plan: None,
-                target: &target,
-                state_dir: &req.conf.state_dir,
-            };
-            undo.unwind(&cx).await;
-            Err(e)
-        }
-    }
+    let outcome = steps(req, &host, &pod, &netns, &names, &limits, &mut undo).await;
+    undo.settle(outcome, &cx).await
 }
 
 async fn steps(

@@ -7,6 +7,7 @@ use crate::dataplane::link::{self, Link};
 use crate::dataplane::{Host, Pod, tc};
 use crate::ipam::{Plan, Target};
 use crate::state;
+use crate::cni::Result;
 use std::path::Path;
 
 /// One completed step of ADD.
@@ -43,14 +44,24 @@ impl Undo {
         self.0.push(step);
     }
 
-    /// The ADD succeeded: nothing is undone.
-    pub fn commit(mut self) {
-        self.0.clear();
+    /// Keeps everything when `outcome` is a success; otherwise undoes the recorded steps and
+    /// returns the error.
+    pub async fn settle<T>(mut self, outcome: Result<T>, cx: &Ctx<'_>) -> Result<T> {
+        match outcome {
+            Ok(v) => {
+                self.0.clear();
+                Ok(v)
+            }
+            Err(e) => {
+                self.unwind(cx).await;
+                Err(e)
+            }
+        }
     }
 
     /// Undoes every recorded step, newest first. Failures are logged, not returned: the error
     /// the runtime needs to see is the one that made ADD fail.
-    pub async fn unwind(mut self, cx: &Ctx<'_>) {
+    async fn unwind(&mut self, cx: &Ctx<'_>) {
         while let Some(step) = self.0.pop() {
             let outcome = match &step {
                 Step::Leased => match cx.plan {

@@ -47,6 +47,24 @@ pub fn try_ip(args: &[&str]) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// `argv` (a plugin, or a wrapper that execs one) with a runtime's environment: nothing but
+/// `PATH`, `CNI_COMMAND`, `CNI_PATH` and `env`; stdio piped.
+pub fn plugin_command(argv: &[&str], command: &str, env: &[(&str, &str)]) -> Command {
+    let mut c = Command::new(argv[0]);
+    c.args(&argv[1..])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("CNI_COMMAND", command)
+        .env("CNI_PATH", cni_path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c
+}
+
 /// One test's private world.
 pub struct World {
     pub tag: String,
@@ -155,18 +173,7 @@ impl World {
 
     /// Runs any plugin binary in the node netns, as a runtime would.
     pub fn exec(&self, bin: &str, command: &str, conf: &Value, env: &[(&str, &str)]) -> Run {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.node, bin])
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("CNI_COMMAND", command)
-            .env("CNI_PATH", cni_path())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (k, v) in env {
-            c.env(k, v);
-        }
+        let c = plugin_command(&["ip", "netns", "exec", &self.node, bin], command, env);
         run_with_stdin(c, conf.to_string().as_bytes())
     }
 

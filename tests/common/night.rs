@@ -2,7 +2,7 @@
 //! kill by signal and never hang, a changed boot ID, and checks that an attachment is either
 //! wholly there or wholly gone and that nothing of it is left under stateDir.
 
-use super::{BIN, Run, World, cni_path, files, ip, try_ip};
+use super::{BIN, Run, World, files, ip, try_ip};
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -43,19 +43,10 @@ pub struct Started {
 /// Starts `argv` as [`spawn`] does, without waiting; stdin is written from a thread of its own
 /// so a plugin that never reads it cannot block the test.
 pub fn start(argv: &[String], command: &str, conf: &Value, env: &[(&str, &str)]) -> Started {
-    let mut c = Command::new(&argv[0]);
-    c.args(&argv[1..])
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("CNI_COMMAND", command)
-        .env("CNI_PATH", cni_path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    let mut child = c.spawn().expect("spawn plugin");
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let mut child = super::plugin_command(&argv, command, env)
+        .spawn()
+        .expect("spawn plugin");
     if let Some(mut si) = child.stdin.take() {
         let input = conf.to_string().into_bytes();
         std::thread::spawn(move || {
