@@ -2,7 +2,7 @@
 //! netns: the VIP 10.43.0.1:443 and a "real" apiserver endpoint 10.44.0.5:443.
 
 mod common;
-use common::fakeapi::{Cluster, FakeApi, Mode, Pki, write_kubeconfig};
+use common::fakeapi::{Cluster, FakeApi, Mode, Pki, write_kubeconfig, write_kubeconfig_exec};
 use common::*;
 use serde_json::{Value, json};
 use std::path::PathBuf;
@@ -186,7 +186,7 @@ fn first_ip(r: &Value) -> String {
 }
 
 #[test]
-#[ignore = "needs root (network namespaces): run with --include-ignored as root"]
+#[ignore = "needs root"]
 fn fresh_cache_makes_no_request_and_del_check_gc_never_do() {
     let Some(mut e) = setup("fresh_cache_makes_no_request", Vip::Serve) else {
         return;
@@ -247,7 +247,7 @@ fn fresh_cache_makes_no_request_and_del_check_gc_never_do() {
 }
 
 #[test]
-#[ignore = "needs root (network namespaces): run with --include-ignored as root"]
+#[ignore = "needs root"]
 fn black_holed_vip_is_bypassed_through_the_real_endpoint() {
     let Some(mut e) = setup("black_holed_vip_is_bypassed", Vip::BlackHole) else {
         return;
@@ -278,13 +278,14 @@ fn black_holed_vip_is_bypassed_through_the_real_endpoint() {
 }
 
 #[test]
-#[ignore = "needs root (network namespaces): run with --include-ignored as root"]
+#[ignore = "needs root"]
 fn every_api_failure_falls_back_to_the_cache() {
     let Some(mut e) = setup("every_api_failure_falls_back", Vip::Serve) else {
         return;
     };
     let api = e.vip.take().unwrap();
-    let conf = e.conf(json!({}));
+    // Every case must reach the API: no hold after the previous case's failure.
+    let conf = e.conf(json!({"outageHoldSeconds": 0}));
     type Arrange = Box<dyn Fn(&FakeApi)>;
     let cases: Vec<(&str, Arrange)> = vec![
         (
@@ -371,12 +372,12 @@ fn every_api_failure_falls_back_to_the_cache() {
 }
 
 #[test]
-#[ignore = "needs root (network namespaces): run with --include-ignored as root"]
+#[ignore = "needs root"]
 fn refused_and_untrusted_apis_fall_back_too() {
     let Some(mut e) = setup("refused_and_untrusted_apis_fall_back", Vip::Refuse) else {
         return;
     };
-    let conf = e.conf(json!({}));
+    let conf = e.conf(json!({"outageHoldSeconds": 0}));
     e.seed_cache(120, &["10.42.5.0/24"], &[], "node-a");
     let (pod, r) = e.add("c0", &conf);
     let r = r.ok();
@@ -405,7 +406,7 @@ fn refused_and_untrusted_apis_fall_back_too() {
 }
 
 #[test]
-#[ignore = "needs root (network namespaces): run with --include-ignored as root"]
+#[ignore = "needs root"]
 fn no_usable_cache_fails_with_11_and_leaves_nothing() {
     let Some(mut e) = setup("no_usable_cache_fails_with_11", Vip::BlackHole) else {
         return;
@@ -434,7 +435,7 @@ fn no_usable_cache_fails_with_11_and_leaves_nothing() {
 }
 
 #[test]
-#[ignore = "needs root (network namespaces): run with --include-ignored as root"]
+#[ignore = "needs root"]
 fn corrupt_cache_is_reported_and_replaced() {
     let Some(mut e) = setup("corrupt_cache_is_reported_and_replaced", Vip::Serve) else {
         return;
@@ -463,7 +464,7 @@ fn corrupt_cache_is_reported_and_replaced() {
 }
 
 #[test]
-#[ignore = "needs root (network namespaces): run with --include-ignored as root"]
+#[ignore = "needs root"]
 fn rotated_token_file_is_read_on_every_run_and_never_logged() {
     let Some(mut e) = setup("rotated_token_file_is_read_on_every_run", Vip::Serve) else {
         return;
@@ -508,7 +509,7 @@ fn rotated_token_file_is_read_on_every_run_and_never_logged() {
 }
 
 #[test]
-#[ignore = "needs root (network namespaces): run with --include-ignored as root"]
+#[ignore = "needs root"]
 fn client_certificates_authenticate() {
     let Some(mut e) = setup("client_certificates_authenticate", Vip::Serve) else {
         return;
@@ -533,7 +534,7 @@ fn client_certificates_authenticate() {
 }
 
 #[test]
-#[ignore = "needs root (network namespaces): run with --include-ignored as root"]
+#[ignore = "needs root"]
 fn sync_reports_what_it_fetched_and_old_apiservers_use_endpoints() {
     let Some(e) = setup("sync_reports_what_it_fetched", Vip::Refuse) else {
         return;
@@ -556,9 +557,22 @@ fn sync_reports_what_it_fetched_and_old_apiservers_use_endpoints() {
     );
     assert!(r.stdout.contains("podCIDRs [10.42.3.0/24]"), "{}", r.stdout);
     assert_eq!(e.cache()["apiEndpoints"], json!([format!("{REAL}:443")]));
+    assert_eq!(e.health()["servers"][format!("{VIP}:443")]["state"], "ok");
     drop(_api);
     let r = e.sync(&conf);
     assert_eq!(r.code, 1);
+    // sync asks every server whatever is remembered, and remembers what they did.
+    let h = e.health();
+    assert_eq!(
+        h["servers"][format!("{VIP}:443")]["state"],
+        "unreachable",
+        "{h}"
+    );
+    assert_eq!(
+        h["servers"][format!("{REAL}:443")]["state"],
+        "unreachable",
+        "{h}"
+    );
     assert!(
         r.stderr.contains(&format!("{VIP}:443: connection refused")),
         "{}",
@@ -573,7 +587,7 @@ fn sync_reports_what_it_fetched_and_old_apiservers_use_endpoints() {
 }
 
 #[test]
-#[ignore = "needs root (network namespaces): run with --include-ignored as root"]
+#[ignore = "needs root"]
 fn delegated_ipam_gets_the_pod_cidr_and_del_needs_no_api() {
     let Some(mut e) = setup("delegated_ipam_gets_the_pod_cidr", Vip::Serve) else {
         return;
@@ -622,7 +636,7 @@ fn doctor(e: &Env, conf: &Value) -> (i32, Value, String) {
 }
 
 #[test]
-#[ignore = "needs root (network namespaces): run with --include-ignored as root"]
+#[ignore = "needs root"]
 fn doctor_reports_api_paths_cache_usage_and_leftovers() {
     let Some(mut e) = setup(
         "doctor_reports_api_paths_cache_usage_and_leftovers",
@@ -659,6 +673,22 @@ fn doctor_reports_api_paths_cache_usage_and_leftovers() {
     assert_eq!(j["attachments"], 1);
     assert!(human.contains("FAILED: connect timed out"), "{human}");
     assert!(human.contains("1 thing(s) need attention"), "{human}");
+    // What ADD acts on: the VIP remembered as not answering (the endpoint won after the head
+    // start), the endpoint as ok, each with since when.
+    let health = j["apiHealth"].as_array().unwrap();
+    let vip = health
+        .iter()
+        .find(|h| h["server"] == format!("{VIP}:443"))
+        .unwrap();
+    assert_eq!(vip["state"], "unreachable", "{j}");
+    assert!(vip["sinceSeconds"].as_u64().is_some(), "{j}");
+    let ep = health
+        .iter()
+        .find(|h| h["server"] == format!("{REAL}:443"))
+        .unwrap();
+    assert_eq!(ep["state"], "ok", "{j}");
+    assert!(human.contains(&format!("remembered  {VIP}:443")), "{human}");
+    assert!(human.contains("unreachable for "), "{human}");
 
     // Leftovers: a pod netns gone without DEL, a stray host link, a lease without record.
     e.w.delete_pod(&pod);
@@ -697,7 +727,7 @@ fn doctor_reports_api_paths_cache_usage_and_leftovers() {
 }
 
 #[test]
-#[ignore = "needs root (network namespaces): run with --include-ignored as root"]
+#[ignore = "needs root"]
 fn doctor_is_quiet_when_all_is_well() {
     let Some(mut e) = setup("doctor_is_quiet_when_all_is_well", Vip::Serve) else {
         return;
@@ -711,4 +741,483 @@ fn doctor_is_quiet_when_all_is_well() {
     assert_eq!(j["attention"], json!([]));
     assert!(human.contains("all well"), "{human}");
     e.w.cni("DEL", "c0", &pod, "eth0", &conf).ok();
+}
+
+// ---- An outage is remembered (issue 10) ----
+
+impl Env {
+    /// Makes `addr` drop everything sent to it, so a connect times out, as in the incident.
+    fn black_hole(&mut self, addr: &str) {
+        if !self.w.fixtures.iter().any(|f| f == "bh0") {
+            ip(&["-n", &self.w.node, "link", "add", "bh0", "type", "ifb"]);
+            ip(&["-n", &self.w.node, "link", "set", "bh0", "up"]);
+            self.w.fixtures.push("bh0".into());
+        }
+        let a = format!("{addr}/32");
+        try_ip(&["-n", &self.w.node, "addr", "del", &a, "dev", "lo"]);
+        ip(&["-n", &self.w.node, "route", "add", &a, "dev", "bh0"]);
+    }
+
+    /// Undoes `black_hole`: `addr` is served on the node's loopback again.
+    fn restore(&self, addr: &str) {
+        let a = format!("{addr}/32");
+        ip(&["-n", &self.w.node, "route", "del", &a, "dev", "bh0"]);
+        ip(&["-n", &self.w.node, "addr", "add", &a, "dev", "lo"]);
+    }
+
+    fn health(&self) -> Value {
+        let p = self.w.state_dir.join("api-health.json");
+        serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+    }
+
+    fn timed_add(&mut self, cid: &str, conf: &Value) -> (String, Run, std::time::Duration) {
+        let pod = self.w.pod();
+        let t = std::time::Instant::now();
+        let r = self.w.cni("ADD", cid, &pod, "eth0", conf);
+        (pod, r, t.elapsed())
+    }
+
+    fn del_all(&self, pods: &[(String, String)], conf: &Value) {
+        for (cid, pod) in pods {
+            self.w.cni("DEL", cid, pod, "eth0", conf).ok();
+        }
+    }
+}
+
+/// A generous ceiling: only a hang (or a wait for the API it already knows is gone) exceeds it.
+fn bounded(what: &str, took: std::time::Duration, ceiling_ms: u64) {
+    assert!(
+        took < std::time::Duration::from_millis(ceiling_ms),
+        "{what} took {took:?}, over the {ceiling_ms} ms ceiling"
+    );
+}
+
+#[test]
+#[ignore = "needs root"]
+fn an_outage_costs_the_first_add_its_wait_not_the_others() {
+    let Some(mut e) = setup("an_outage_costs_the_first_add", Vip::BlackHole) else {
+        return;
+    };
+    e.black_hole(REAL);
+    e.seed_cache(300, &["10.42.5.0/24"], &[&format!("{REAL}:443")], "node-a");
+    let conf = e.conf(json!({"timeoutMs": 3000, "refreshSeconds": 0, "outageHoldSeconds": 60}));
+    let mut pods = Vec::new();
+    for i in 0..8 {
+        let cid = format!("c{i}");
+        let (pod, r, took) = e.timed_add(&cid, &conf);
+        let r = r.ok();
+        assert!(first_ip(&r.json()).starts_with("10.42.5."), "{}", r.stdout);
+        let w = warnings(&r);
+        assert_eq!(w.len(), 1, "one warning per fallback: {}", r.stderr);
+        assert!(
+            w[0].contains(&format!("{VIP}:443: connect timed out")),
+            "{}",
+            w[0]
+        );
+        assert!(w[0].contains(&format!("{REAL}:443")), "{}", w[0]);
+        assert!(w[0].contains("cached 30"), "{}", w[0]);
+        if i == 0 {
+            bounded("the first ADD", took, 3000 + 5000);
+            assert!(!w[0].contains("outageHoldSeconds"), "{}", w[0]);
+        } else {
+            // Well under timeoutMs: this ADD did not wait for the API.
+            bounded(&format!("ADD {i}"), took, 1500);
+            assert!(
+                w[0].contains("asked again after outageHoldSeconds 60"),
+                "{}",
+                w[0]
+            );
+        }
+        pods.push((cid, pod));
+    }
+    let h = e.health();
+    for s in [format!("{VIP}:443"), format!("{REAL}:443")] {
+        assert_eq!(h["servers"][&s]["state"], "unreachable", "{h}");
+        assert!(
+            h["servers"][&s]["error"]
+                .as_str()
+                .unwrap()
+                .contains("timed out"),
+            "{h}"
+        );
+    }
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(e.w.state_dir.join("api-health.json"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    e.del_all(&pods, &conf);
+    e.w.assert_clean();
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_dead_vip_is_skipped_for_the_endpoint_and_retried_after_the_hold() {
+    let Some(mut e) = setup("a_dead_vip_is_skipped", Vip::Serve) else {
+        return;
+    };
+    // Connected but never answering: like a black hole, and the fake counts what reaches it.
+    let vip = e.vip.take().unwrap();
+    vip.set_mode(Mode::Hang);
+    let real = e.start_real(&["10.42.7.0/24"]);
+    e.seed_cache(1000, &["10.42.9.0/24"], &[&format!("{REAL}:443")], "node-a");
+    let conf = e.conf(json!({"timeoutMs": 2000, "refreshSeconds": 0, "outageHoldSeconds": 3}));
+    let mut pods = Vec::new();
+    let mut vip_asked = 0;
+    for i in 0..8 {
+        let cid = format!("c{i}");
+        let before = real.requests();
+        let (pod, r, took) = e.timed_add(&cid, &conf);
+        let r = r.ok();
+        assert!(
+            first_ip(&r.json()).starts_with("10.42.7."),
+            "fresh: {}",
+            r.stdout
+        );
+        assert!(warnings(&r).is_empty(), "{}", r.stderr);
+        assert!(real.requests() > before, "ADD {i} did not ask the endpoint");
+        bounded(&format!("ADD {i}"), took, 2000 + 5000);
+        pods.push((cid, pod));
+        if i == 0 {
+            vip_asked = vip.requests();
+            assert!(vip_asked >= 1, "the first ADD asks the VIP");
+        }
+    }
+    // Only the first ADD waited on the VIP; the seven after it went straight to the endpoint.
+    assert_eq!(
+        vip.requests(),
+        vip_asked,
+        "the VIP must be left alone within the hold"
+    );
+    let h = e.health();
+    assert_eq!(
+        h["servers"][format!("{VIP}:443")]["state"],
+        "unreachable",
+        "{h}"
+    );
+    assert_eq!(h["servers"][format!("{REAL}:443")]["state"], "ok", "{h}");
+    assert_eq!(e.cache()["fetchedFrom"], format!("{REAL}:443"));
+
+    // After the hold, one ADD asks the VIP again; a VIP that answers is used.
+    std::thread::sleep(std::time::Duration::from_millis(3200));
+    vip.set_mode(Mode::Answer);
+    let (pod, r, _) = e.timed_add("c8", &conf);
+    r.ok();
+    pods.push(("c8".into(), pod));
+    assert!(
+        vip.requests() > vip_asked,
+        "the VIP is asked again after the hold"
+    );
+    assert_eq!(e.cache()["fetchedFrom"], format!("{VIP}:443"));
+    assert_eq!(e.health()["servers"][format!("{VIP}:443")]["state"], "ok");
+    e.del_all(&pods, &conf);
+    e.w.assert_clean();
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_restored_api_is_used_again_once_the_hold_has_passed() {
+    let Some(mut e) = setup("a_restored_api_is_used_again", Vip::BlackHole) else {
+        return;
+    };
+    e.black_hole(REAL);
+    e.seed_cache(300, &["10.42.5.0/24"], &[&format!("{REAL}:443")], "node-a");
+    let hold = 2;
+    let conf = e.conf(json!({"timeoutMs": 1000, "refreshSeconds": 0, "outageHoldSeconds": hold}));
+    let mut pods = Vec::new();
+    let (pod, r, _) = e.timed_add("c0", &conf);
+    assert!(first_ip(&r.ok().json()).starts_with("10.42.5."));
+    pods.push(("c0".to_string(), pod));
+
+    e.restore(VIP);
+    let api = FakeApi::start(
+        &e.w.node,
+        format!("{VIP}:443").parse().unwrap(),
+        &e.pki,
+        TOKEN,
+        cluster(&["10.42.1.0/24"], true),
+    );
+    let restored = std::time::Instant::now();
+    let mut fresh_after = None;
+    for i in 1..60 {
+        let cid = format!("c{i}");
+        let (pod, r, _) = e.timed_add(&cid, &conf);
+        let ip = first_ip(&r.ok().json());
+        pods.push((cid, pod));
+        if ip.starts_with("10.42.1.") {
+            fresh_after = Some(restored.elapsed());
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let took = fresh_after.expect("the restored API was never used again");
+    bounded("using the restored API again", took, (hold + 5) * 1000);
+    assert!(api.requests() >= 1);
+    assert_eq!(e.health()["servers"][format!("{VIP}:443")]["state"], "ok");
+    e.del_all(&pods, &conf);
+    e.w.assert_clean();
+}
+
+#[test]
+#[ignore = "needs root"]
+fn fifty_adds_at_a_cold_boot_with_the_api_gone_all_succeed_in_bound() {
+    let Some(mut e) = setup("fifty_adds_at_a_cold_boot", Vip::BlackHole) else {
+        return;
+    };
+    e.black_hole(REAL);
+    e.seed_cache(300, &["10.42.5.0/24"], &[&format!("{REAL}:443")], "node-a");
+    let conf = e.conf(json!({"timeoutMs": 1000, "refreshSeconds": 0}));
+    let pods: Vec<(String, String)> = (0..50).map(|i| (format!("c{i}"), e.w.pod())).collect();
+    let w = &e.w;
+    let runs: Vec<(Run, std::time::Duration)> = std::thread::scope(|s| {
+        let hs: Vec<_> = pods
+            .iter()
+            .map(|(cid, pod)| {
+                let conf = &conf;
+                s.spawn(move || {
+                    let t = std::time::Instant::now();
+                    let r = w.cni("ADD", cid, pod, "eth0", conf);
+                    (r, t.elapsed())
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut ips = std::collections::HashSet::new();
+    for (r, took) in runs {
+        let r = r.ok();
+        ips.insert(first_ip(&r.json()));
+        bounded("an ADD of the storm", took, 1000 + 10_000);
+    }
+    assert_eq!(ips.len(), 50, "distinct addresses");
+    e.del_all(&pods, &conf);
+    e.w.assert_clean();
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_token_file_ending_in_a_newline_authenticates() {
+    let Some(mut e) = setup("a_token_file_ending_in_a_newline", Vip::Serve) else {
+        return;
+    };
+    let api = e.vip.take().unwrap();
+    std::fs::write(&e.token_file, format!("{TOKEN}\n")).unwrap();
+    let conf = e.conf(json!({}));
+    let (pod, r) = e.add("c0", &conf);
+    let r = r.ok();
+    assert!(first_ip(&r.json()).starts_with("10.42.1."), "{}", r.stdout);
+    assert!(warnings(&r).is_empty(), "{}", r.stderr);
+    assert!(api.authorized() >= 1);
+
+    // A missing token file is a credential failure, not an unreachable API.
+    std::fs::remove_file(&e.token_file).unwrap();
+    let (p1, r) = e.add("c1", &e.conf(json!({"refreshSeconds": 0})));
+    let w = warnings(&r);
+    assert!(
+        w[0].contains(&format!("cannot authenticate to {VIP}:443 (token file")),
+        "{}",
+        r.stderr
+    );
+    assert!(!w[0].contains("unreachable"), "{}", w[0]);
+    e.w.cni("DEL", "c1", &p1, "eth0", &conf).ok();
+    e.w.cni("DEL", "c0", &pod, "eth0", &conf).ok();
+    e.w.assert_clean();
+}
+
+const SECRET: &str = "TOPSECRET-ENV-VALUE-42";
+
+/// The last warning in a log file.
+fn last_warning(log: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .rfind(|l| l.contains("WARN"))
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// An exec credential plugin script in the world's kube dir.
+fn exec_plugin(e: &Env, name: &str, body: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = e.w.state_dir.join("kube").join(name);
+    std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    p
+}
+
+#[test]
+#[ignore = "needs root"]
+fn exec_credential_plugins_are_bounded_reaped_and_never_leak_their_env() {
+    let Some(mut e) = setup("exec_credential_plugins", Vip::Serve) else {
+        return;
+    };
+    let api = e.vip.take().unwrap();
+    let server = format!("https://{VIP}:443");
+    let log = e.w.state_dir.join("holdfast.log");
+    let mut conf = e.conf(json!({"timeoutMs": 1000, "refreshSeconds": 0}));
+    conf["logFile"] = json!(log);
+    conf["logLevel"] = json!("debug");
+    let good = exec_plugin(
+        &e,
+        "good",
+        &format!(
+            "[ \"$CLOUD_SECRET\" = {SECRET} ] || exit 3\necho '{{\"apiVersion\":\"client.authentication.k8s.io/v1\",\"kind\":\"ExecCredential\",\"status\":{{\"token\":\"{TOKEN}\"}}}}'"
+        ),
+    );
+    write_kubeconfig_exec(
+        &e.kubeconfig,
+        &server,
+        &e.pki.ca_pem,
+        &good,
+        &[("CLOUD_SECRET", SECRET)],
+    );
+    let (p0, r) = e.add("c0", &conf);
+    let r = r.ok();
+    assert!(
+        first_ip(&r.json()).starts_with("10.42.1."),
+        "{} {}",
+        r.stdout,
+        r.stderr
+    );
+    assert!(api.authorized() >= 1);
+
+    let failing = exec_plugin(
+        &e,
+        "failing",
+        "echo \"$CLOUD_SECRET\"; echo \"$CLOUD_SECRET\" >&2; exit 1",
+    );
+    write_kubeconfig_exec(
+        &e.kubeconfig,
+        &server,
+        &e.pki.ca_pem,
+        &failing,
+        &[("CLOUD_SECRET", SECRET)],
+    );
+    let (p1, r1, _) = e.timed_add("c1", &conf);
+    let r1 = r1.ok();
+    let w = [last_warning(&log)];
+    assert!(
+        w[0].contains(&format!(
+            "cannot authenticate to {VIP}:443 (exec credential plugin"
+        )),
+        "{}",
+        w[0]
+    );
+    assert!(w[0].contains("failed"), "{}", w[0]);
+
+    let pidfile = e.w.state_dir.join("kube/hung.pid");
+    let hung = exec_plugin(
+        &e,
+        "hung",
+        &format!("sleep 60 & echo $! > {}\nwait", pidfile.display()),
+    );
+    write_kubeconfig_exec(
+        &e.kubeconfig,
+        &server,
+        &e.pki.ca_pem,
+        &hung,
+        &[("CLOUD_SECRET", SECRET)],
+    );
+    let (p2, r2, took) = e.timed_add("c2", &conf);
+    let r2 = r2.ok();
+    bounded("ADD with a hung exec plugin", took, 1000 + 5000);
+    assert!(
+        last_warning(&log).contains("did not finish in time, killed"),
+        "{} {took:?} {}",
+        std::fs::read_to_string(&log).unwrap(),
+        r2.stdout
+    );
+    let pid = std::fs::read_to_string(&pidfile).unwrap();
+    // SIGKILLed by the ADD; it may still be scheduled for a moment, so a bounded wait.
+    let gone = (0..200).any(|_| {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).unwrap_or_default();
+        let gone = stat.is_empty() || stat.contains(") Z ");
+        if !gone {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        gone
+    });
+    assert!(gone, "the exec plugin's own child outlived the ADD");
+
+    // Without a cache the failure is the error, still without the secret.
+    std::fs::remove_file(e.cache_path()).unwrap();
+    write_kubeconfig_exec(
+        &e.kubeconfig,
+        &server,
+        &e.pki.ca_pem,
+        &failing,
+        &[("CLOUD_SECRET", SECRET)],
+    );
+    let (_, r3) = e.add("c3", &conf);
+    r3.err(11, "cannot authenticate");
+    let logged = std::fs::read_to_string(&log).unwrap();
+    for out in [
+        &r.stdout, &r.stderr, &r1.stdout, &r1.stderr, &r2.stdout, &r2.stderr, &r3.stdout,
+        &r3.stderr, &logged,
+    ] {
+        assert!(!out.contains(SECRET), "the exec env leaked: {out}");
+    }
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&log).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "log file mode");
+    e.seed_cache(10, &["10.42.5.0/24"], &[], "node-a");
+    e.del_all(
+        &[("c0".into(), p0), ("c1".into(), p1), ("c2".into(), p2)],
+        &conf,
+    );
+    e.w.assert_clean();
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_cache_without_pod_cidrs_is_never_used() {
+    let Some(mut e) = setup("a_cache_without_pod_cidrs", Vip::BlackHole) else {
+        return;
+    };
+    e.seed_cache(10, &[], &[], "node-a");
+    let conf = e.conf(json!({}));
+    let (_, r) = e.add("c0", &conf);
+    r.err(11, "no cached cluster info");
+    assert!(r.stderr.contains("no podCIDRs"), "{}", r.stderr);
+    e.w.assert_clean();
+    // STATUS says so too, and fast (the API is black-holed: it is not asked for long).
+    let st = e.w.cni_env("STATUS", &conf, &[]);
+    assert_ne!(st.code, 0, "{}", st.stdout);
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_cache_from_the_future_is_stale_and_status_never_asks_the_api() {
+    let Some(mut e) = setup("a_cache_from_the_future", Vip::Serve) else {
+        return;
+    };
+    let api = e.vip.take().unwrap();
+    // Written "tomorrow": the clock stepped back at boot.
+    let future = json!({"version": 1, "nodeName": "node-a", "nodeUid": "uid-old",
+        "podCIDRs": ["10.42.5.0/24"], "apiEndpoints": [], "fetchedUnix": 4_000_000_000u64, "fetchedFrom": "seed"});
+    std::fs::create_dir_all(&e.w.state_dir).unwrap();
+    std::fs::write(e.cache_path(), future.to_string()).unwrap();
+    let conf = e.conf(json!({"refreshSeconds": 3600}));
+    let st = e.w.cni_env("STATUS", &conf, &[]);
+    assert_eq!(st.code, 0, "{} {}", st.stdout, st.stderr);
+    assert_eq!(
+        api.requests(),
+        0,
+        "STATUS must not ask the API when a cache exists"
+    );
+    let (p0, r) = e.add("c0", &conf);
+    let r = r.ok();
+    assert!(api.requests() >= 1, "a future-dated cache is not fresh");
+    assert!(first_ip(&r.json()).starts_with("10.42.1."), "{}", r.stdout);
+
+    // And as a fallback its age is named as unknown.
+    std::fs::write(e.cache_path(), future.to_string()).unwrap();
+    api.set_mode(Mode::Status(500));
+    let (p1, r) = e.add("c1", &conf);
+    let r = r.ok();
+    assert!(first_ip(&r.json()).starts_with("10.42.5."), "{}", r.stdout);
+    assert!(warnings(&r)[0].contains("in the future"), "{}", r.stderr);
+    e.del_all(&[("c0".into(), p0), ("c1".into(), p1)], &conf);
+    e.w.assert_clean();
 }

@@ -1,13 +1,15 @@
 //! `holdfast doctor`: what an operator needs to know during an incident, from this node alone.
 
-use crate::cluster::{self, cache};
+use crate::cluster::{self, KubeConf, cache, health};
+use crate::plugin::conf::Conf;
 use crate::dataplane::{link, names};
 use crate::ipam::range;
 use crate::ipam::store::Store;
-use crate::plugin::conf::Conf;
 use crate::state;
+use ipnetwork::IpNetwork;
 use serde::Serialize;
 use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 #[derive(Serialize, Default)]
@@ -15,12 +17,17 @@ use std::path::{Path, PathBuf};
 pub struct Report {
     pub config: ConfigReport,
     pub api: Option<Vec<ApiProbe>>,
+    /// What ADD acts on: each server's remembered state, as it was before this report probed.
+    pub api_health: Vec<ServerHealth>,
     pub cache: Option<CacheReport>,
     pub ipam: Vec<RangeUsage>,
     pub attachments: usize,
     pub attachments_netns_gone: Vec<Attachment>,
     pub orphan_links: Vec<String>,
     pub orphan_leases: Vec<String>,
+    /// Dead attachments holdfast released itself (after a reboot, or when a range was full),
+    /// oldest first, with when and why.
+    pub reclaimed: Vec<crate::plugin::reclaim::Reclaimed>,
     /// Everything that needs attention, one sentence each; empty when all is well.
     pub attention: Vec<String>,
 }
@@ -40,6 +47,19 @@ pub struct ApiProbe {
     /// `kubeconfig` (normally the service VIP) or `endpoint` (a cached real apiserver address).
     pub via: &'static str,
     pub ok: bool,
+    pub error: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerHealth {
+    pub server: String,
+    /// `ok`, `unreachable` (ADD leaves it alone for `outageHoldSeconds`) or `failing`.
+    pub state: health::State,
+    pub since_unix: u64,
+    /// How long it has been in this state; `None` when dated in the future.
+    pub since_seconds: Option<u64>,
+    pub checked_unix: u64,
     pub error: Option<String>,
 }
 
@@ -71,7 +91,8 @@ pub struct Attachment {
     pub netns: Option<String>,
 }
 
-/// Builds the report; `conf` is what was loaded, or the error loading it.
+/// Builds the report; `conf` is what was loaded, or the error loading it. One function per
+/// section, in the order the report reads.
 pub fn run(path: Option<PathBuf>, conf: Result<Conf, String>) -> Report {
     let mut r = Report {
         config: ConfigReport {
@@ -89,113 +110,189 @@ pub fn run(path: Option<PathBuf>, conf: Result<Conf, String>) -> Report {
     };
     r.config.network = Some(conf.name().to_string());
     r.config.state_dir = Some(conf.state_dir.clone());
+    let pod_cidrs = match &conf.kubernetes {
+        Some(kube) => cluster_section(&mut r, kube, &conf.state_dir),
+        None => None,
+    };
+    ipam_section(&mut r, &conf, pod_cidrs.as_deref());
+    let owned = attachments_section(&mut r, &conf);
+    r.reclaimed = crate::plugin::reclaim::journal(&conf.state_dir);
+    links_section(&mut r, &owned.links);
+    leases_section(&mut r, &conf, &owned.owners);
+    r
+}
 
-    let mut pod_cidrs = None;
-    if let Some(kube) = &conf.kubernetes {
-        match cluster::node_name(kube) {
-            Err(e) => r.attention.push(format!("config: {e}")),
-            Ok(node) => {
-                let cached = cache::load(&conf.state_dir, &node);
-                let endpoints = cached
-                    .as_ref()
-                    .map(|c| c.api_endpoints.clone())
-                    .unwrap_or_default();
-                match crate::runtime::block_on(async {
-                    Ok(cluster::client::probe_each(kube, &node, &endpoints).await)
-                }) {
-                    Ok(probes) => {
-                        let list: Vec<ApiProbe> = probes
-                            .into_iter()
-                            .enumerate()
-                            .map(|(i, (server, res))| ApiProbe {
-                                server,
-                                via: if i == 0 { "kubeconfig" } else { "endpoint" },
-                                ok: res.is_ok(),
-                                error: res.err(),
-                            })
-                            .collect();
-                        for p in list.iter().filter(|p| !p.ok) {
-                            r.attention.push(format!(
-                                "API via {} {}: {}",
-                                p.via,
-                                p.server,
-                                p.error.as_deref().unwrap_or("failed")
-                            ));
-                        }
-                        r.api = Some(list);
-                    }
-                    Err(e) => r.attention.push(format!("API probe: {e}")),
-                }
-                let path = cache::path(&conf.state_dir);
-                r.cache = Some(match cached {
-                    Ok(info) => {
-                        let age = info.age_secs();
-                        if kube.max_stale_seconds > 0 && age > kube.max_stale_seconds {
-                            r.attention.push(format!(
-                                "cache is {age}s old, over maxStaleSeconds {}: ADD fails while the API is unreachable",
-                                kube.max_stale_seconds
-                            ));
-                        }
-                        pod_cidrs = Some(info.pod_cidrs.clone());
-                        CacheReport {
-                            path,
-                            usable: true,
-                            problem: None,
-                            age_seconds: Some(age),
-                            info: Some(info),
-                        }
-                    }
-                    Err(why) => {
-                        r.attention.push(format!(
-                            "cluster-info cache: {why}: ADD fails with error 11 while the API is unreachable (run holdfast sync)"
-                        ));
-                        CacheReport {
-                            path,
-                            usable: false,
-                            problem: Some(why.to_string()),
-                            age_seconds: None,
-                            info: None,
-                        }
-                    }
-                });
-            }
+/// API paths, remembered health and the cache; returns the cached podCIDRs.
+fn cluster_section(r: &mut Report, kube: &KubeConf, state_dir: &Path) -> Option<Vec<IpNetwork>> {
+    let node = match cluster::node_name(kube) {
+        Ok(n) => n,
+        Err(e) => {
+            r.attention.push(format!("config: {e}"));
+            return None;
         }
-    }
+    };
+    let cached = cache::load(state_dir, &node);
+    let endpoints = cached
+        .as_ref()
+        .map(|c| c.api_endpoints.clone())
+        .unwrap_or_default();
+    health_section(r, state_dir);
+    api_section(r, kube, state_dir, &node, &endpoints);
+    cache_section(r, kube, state_dir, cached)
+}
 
-    // IPAM usage, per range set.
-    if conf.ipam.delegate().is_none() {
-        match conf
-            .ipam
-            .expanded_ranges(pod_cidrs.as_deref())
-            .and_then(|r| range::resolve(&r))
-        {
-            Ok(sets) => {
-                let leases = leases(&conf.state_dir, conf.name());
-                for set in sets {
-                    let cap: u128 = set.iter().map(|x| x.capacity()).sum();
-                    let used = leases
-                        .iter()
-                        .filter(|(ip, _)| set.iter().any(|x| x.contains(*ip) && *ip != x.gateway))
-                        .count() as u128;
-                    let desc: Vec<String> = set.iter().map(|x| x.describe()).collect();
-                    if used * 10 >= cap * 9 {
-                        r.attention
-                            .push(format!("{} is {used} of {cap} used", desc.join(", ")));
-                    }
-                    r.ipam.push(RangeUsage {
-                        range: desc.join(", "),
-                        used,
-                        capacity: cap,
-                    });
-                }
-            }
-            Err(e) => r.attention.push(format!("ipam: {e}")),
+fn health_section(r: &mut Report, state_dir: &Path) {
+    let now = state::now_unix();
+    r.api_health = health::load(state_dir)
+        .servers
+        .into_iter()
+        .map(|(server, s)| ServerHealth {
+            server,
+            state: s.state,
+            since_unix: s.since_unix,
+            since_seconds: now.checked_sub(s.since_unix),
+            checked_unix: s.checked_unix,
+            error: s.error,
+        })
+        .collect();
+}
+
+fn api_section(
+    r: &mut Report,
+    kube: &KubeConf,
+    state_dir: &Path,
+    node: &str,
+    endpoints: &[SocketAddr],
+) {
+    let probed = crate::runtime::block_on(async {
+        Ok(cluster::probe_servers(kube, state_dir, node, endpoints).await)
+    });
+    let probes = match probed {
+        Ok(p) => p,
+        Err(e) => {
+            r.attention.push(format!("API probe: {e}"));
+            return;
         }
+    };
+    let list: Vec<ApiProbe> = probes
+        .into_iter()
+        .enumerate()
+        .map(|(i, (server, res))| ApiProbe {
+            server,
+            via: if i == 0 { "kubeconfig" } else { "endpoint" },
+            ok: res.is_ok(),
+            error: res.err().map(|a| match a.kind {
+                cluster::client::Kind::Credentials => a.to_string(),
+                _ => a.error,
+            }),
+        })
+        .collect();
+    for p in list.iter().filter(|p| !p.ok) {
+        r.attention.push(format!(
+            "API via {} {}: {}",
+            p.via,
+            p.server,
+            p.error.as_deref().unwrap_or("failed")
+        ));
     }
+    r.api = Some(list);
+}
 
-    // Attachments, their netns, and what the host has that nobody owns.
-    let mut owned: HashSet<String> = HashSet::new();
-    let mut owners: HashSet<(String, String)> = HashSet::new();
+fn cache_section(
+    r: &mut Report,
+    kube: &KubeConf,
+    state_dir: &Path,
+    cached: Result<cluster::ClusterInfo, cache::Unusable>,
+) -> Option<Vec<IpNetwork>> {
+    let path = cache::path(state_dir);
+    let (report, cidrs) = match cached {
+        Ok(info) => {
+            let age = info.age_secs();
+            match age {
+                None => r.attention.push(
+                    "cache is dated in the future (clock stepped back?): ADD asks the API every time".into(),
+                ),
+                Some(a) if kube.max_stale_seconds > 0 && a > kube.max_stale_seconds => {
+                    r.attention.push(format!(
+                        "cache is {a}s old, over maxStaleSeconds {}: ADD fails while the API is unreachable",
+                        kube.max_stale_seconds
+                    ))
+                }
+                Some(_) => {}
+            }
+            let cidrs = info.pod_cidrs.clone();
+            let report = CacheReport {
+                path,
+                usable: true,
+                problem: None,
+                age_seconds: age,
+                info: Some(info),
+            };
+            (report, Some(cidrs))
+        }
+        Err(why) => {
+            r.attention.push(format!(
+                "cluster-info cache: {why}: ADD fails with error 11 while the API is unreachable (run holdfast sync)"
+            ));
+            let report = CacheReport {
+                path,
+                usable: false,
+                problem: Some(why.to_string()),
+                age_seconds: None,
+                info: None,
+            };
+            (report, None)
+        }
+    };
+    r.cache = Some(report);
+    cidrs
+}
+
+/// IPAM usage, per range set.
+fn ipam_section(r: &mut Report, conf: &Conf, pod_cidrs: Option<&[IpNetwork]>) {
+    if conf.ipam.delegate().is_some() {
+        return;
+    }
+    let sets = match conf
+        .ipam
+        .expanded_ranges(pod_cidrs)
+        .and_then(|r| range::resolve(&r))
+    {
+        Ok(s) => s,
+        Err(e) => {
+            r.attention.push(format!("ipam: {e}"));
+            return;
+        }
+    };
+    let leases = leases(&conf.state_dir, conf.name());
+    for (set, (cap, used)) in sets
+        .iter()
+        .zip(crate::ipam::usage(&sets, &leases, |_| false))
+    {
+        let desc: Vec<String> = set.iter().map(|x| x.describe()).collect();
+        // 90 % full, without overflowing on IPv6-sized capacities.
+        if used.saturating_mul(10) >= cap.saturating_mul(9) {
+            r.attention
+                .push(format!("{} is {used} of {cap} used", desc.join(", ")));
+        }
+        r.ipam.push(RangeUsage {
+            range: desc.join(", "),
+            used,
+            capacity: cap,
+        });
+    }
+}
+
+/// What the attachment records own: host links, and (container ID, ifname) of this network.
+#[derive(Default)]
+struct Owned {
+    links: HashSet<String>,
+    owners: HashSet<(String, String)>,
+}
+
+/// Attachments, and those whose netns is gone.
+fn attachments_section(r: &mut Report, conf: &Conf) -> Owned {
+    let mut owned = Owned::default();
     for net in state::networks(&conf.state_dir) {
         let (records, bad) = state::list(&conf.state_dir, &net);
         for (p, e) in bad {
@@ -204,16 +301,19 @@ pub fn run(path: Option<PathBuf>, conf: Result<Conf, String>) -> Report {
         }
         for rec in records {
             r.attachments += 1;
-            owned.extend(rec.host_ifname.iter().cloned());
-            owned.extend(rec.ifb.iter().cloned());
+            owned.links.extend(rec.host_ifname.iter().cloned());
+            owned.links.extend(rec.ifb.iter().cloned());
             if net == conf.name() {
-                owners.insert((rec.container_id.clone(), rec.ifname.clone()));
+                owned
+                    .owners
+                    .insert((rec.container_id.clone(), rec.ifname.clone()));
             }
             if let Some(ns) = &rec.netns
-                && !Path::new(ns).exists()
+                && !rec.netns_alive()
             {
                 r.attention.push(format!(
-                    "attachment {}/{} ({}) has no netns {ns} any more: a DEL or GC was missed",
+                    "attachment {}/{} ({}) has no netns {ns} any more: a DEL or GC was missed \
+                     (the next ADD that finds its range full reclaims it)",
                     rec.container_id, rec.ifname, net
                 ));
                 r.attachments_netns_gone.push(Attachment {
@@ -225,10 +325,16 @@ pub fn run(path: Option<PathBuf>, conf: Result<Conf, String>) -> Report {
             }
         }
     }
-    match crate::runtime::block_on(async {
+    owned
+}
+
+/// Host links that look like holdfast's and that no attachment owns.
+fn links_section(r: &mut Report, owned: &HashSet<String>) {
+    let links = crate::runtime::block_on(async {
         let host = crate::dataplane::Host::connect()?;
         link::all(&host).await
-    }) {
+    });
+    match links {
         Ok(links) => {
             for l in links
                 .into_iter()
@@ -243,6 +349,10 @@ pub fn run(path: Option<PathBuf>, conf: Result<Conf, String>) -> Report {
         }
         Err(e) => r.attention.push(format!("listing links: {e}")),
     }
+}
+
+/// Leases whose owner has no attachment record.
+fn leases_section(r: &mut Report, conf: &Conf, owners: &HashSet<(String, String)>) {
     for (ip, o) in leases(&conf.state_dir, conf.name()) {
         if !owners.contains(&(o.container_id.clone(), o.ifname.clone())) {
             r.attention.push(format!(
@@ -252,7 +362,6 @@ pub fn run(path: Option<PathBuf>, conf: Result<Conf, String>) -> Report {
             r.orphan_leases.push(ip.to_string());
         }
     }
-    r
 }
 
 fn leases(state_dir: &Path, network: &str) -> Vec<(std::net::IpAddr, crate::ipam::store::Owner)> {
@@ -266,54 +375,18 @@ fn leases(state_dir: &Path, network: &str) -> Vec<(std::net::IpAddr, crate::ipam
 
 /// The human-readable form.
 pub fn render(r: &Report) -> String {
-    let mut o = String::new();
     let path = r
         .config
         .path
         .as_ref()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "-".into());
-    o += &format!(
+    let mut o = format!(
         "config      {path} (network {})\n",
         r.config.network.as_deref().unwrap_or("-")
     );
-    match &r.api {
-        None => o += "api         not configured (no \"kubernetes\" section)\n",
-        Some(list) => {
-            for p in list {
-                let st = if p.ok {
-                    "ok".to_string()
-                } else {
-                    format!("FAILED: {}", p.error.as_deref().unwrap_or(""))
-                };
-                o += &format!("api         {:<10} {:<24} {st}\n", p.via, p.server);
-            }
-        }
-    }
-    if let Some(c) = &r.cache {
-        match &c.info {
-            Some(i) => {
-                let cidrs: Vec<String> = i.pod_cidrs.iter().map(|c| c.to_string()).collect();
-                let eps: Vec<String> = i.api_endpoints.iter().map(|e| e.to_string()).collect();
-                o += &format!(
-                    "cache       {} age {}s from {}: node {} podCIDRs [{}] endpoints [{}]\n",
-                    c.path.display(),
-                    c.age_seconds.unwrap_or(0),
-                    i.fetched_from,
-                    i.node_name,
-                    cidrs.join(", "),
-                    eps.join(", ")
-                );
-            }
-            None => {
-                o += &format!(
-                    "cache       {}: {}\n",
-                    c.path.display(),
-                    c.problem.as_deref().unwrap_or("unusable")
-                )
-            }
-        }
-    }
+    render_api(&mut o, r);
+    render_cache(&mut o, r);
     for u in &r.ipam {
         o += &format!(
             "ipam        {}: {} of {} used\n",
@@ -321,6 +394,7 @@ pub fn render(r: &Report) -> String {
         );
     }
     o += &format!("attachments {}\n", r.attachments);
+    render_reclaimed(&mut o, r);
     if r.attention.is_empty() {
         o += "\nall well\n";
     } else {
@@ -330,4 +404,84 @@ pub fn render(r: &Report) -> String {
         }
     }
     o
+}
+
+/// The last few reclaimed attachments (all of them are in `--json`).
+fn render_reclaimed(o: &mut String, r: &Report) {
+    const SHOWN: usize = 5;
+    let now = state::now_unix();
+    let skip = r.reclaimed.len().saturating_sub(SHOWN);
+    if skip > 0 {
+        *o += &format!("reclaimed   {} earlier (see --json)\n", skip);
+    }
+    for x in r.reclaimed.iter().skip(skip) {
+        let ips: Vec<String> = x.ips.iter().map(|i| i.to_string()).collect();
+        *o += &format!(
+            "reclaimed   {}/{} [{}] {}s ago: {}\n",
+            x.container_id,
+            x.ifname,
+            ips.join(", "),
+            now.saturating_sub(x.unix),
+            x.why
+        );
+    }
+}
+
+fn render_api(o: &mut String, r: &Report) {
+    match &r.api {
+        None => *o += "api         not configured (no \"kubernetes\" section)\n",
+        Some(list) => {
+            for p in list {
+                let st = if p.ok {
+                    "ok".to_string()
+                } else {
+                    format!("FAILED: {}", p.error.as_deref().unwrap_or(""))
+                };
+                *o += &format!("api         {:<10} {:<24} {st}\n", p.via, p.server);
+            }
+        }
+    }
+    for h in &r.api_health {
+        let since = h
+            .since_seconds
+            .map(|s| format!("for {s}s"))
+            .unwrap_or_else(|| "since a time in the future".into());
+        let why = h
+            .error
+            .as_deref()
+            .map(|e| format!(": {e}"))
+            .unwrap_or_default();
+        *o += &format!("remembered  {:<24} {} {since}{why}\n", h.server, h.state);
+    }
+}
+
+fn render_cache(o: &mut String, r: &Report) {
+    let Some(c) = &r.cache else {
+        return;
+    };
+    match &c.info {
+        Some(i) => {
+            let cidrs: Vec<String> = i.pod_cidrs.iter().map(|c| c.to_string()).collect();
+            let eps: Vec<String> = i.api_endpoints.iter().map(|e| e.to_string()).collect();
+            let age = c
+                .age_seconds
+                .map(|a| format!("{a}s"))
+                .unwrap_or_else(|| "unknown (dated in the future)".into());
+            *o += &format!(
+                "cache       {} age {age} from {}: node {} podCIDRs [{}] endpoints [{}]\n",
+                c.path.display(),
+                i.fetched_from,
+                i.node_name,
+                cidrs.join(", "),
+                eps.join(", ")
+            );
+        }
+        None => {
+            *o += &format!(
+                "cache       {}: {}\n",
+                c.path.display(),
+                c.problem.as_deref().unwrap_or("unusable")
+            )
+        }
+    }
 }

@@ -1,11 +1,16 @@
 //! Logs go to `logFile` or stderr, never stdout (stdout carries the result).
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::prelude::*;
 
 /// At `info` and quieter, only holdfast's own events: a fallback is one line naming the failure,
-/// not that line plus the HTTP client's. At `debug` and `trace`, every crate's.
+/// not that line plus the HTTP client's. At `debug` and `trace`, every crate's, except the kube
+/// client's per-request ERROR lines (`HTTP{…}: failed with error …`): holdfast names each failed
+/// attempt itself, and an ERROR for an attempt ADD survives reads as a failure to log alerting.
+///
+/// The log file is created 0600 and never opened through a symlink.
 pub fn init(file: Option<&Path>, level: &str) {
     let level = match level {
         "off" => LevelFilter::OFF,
@@ -22,6 +27,7 @@ pub fn init(file: Option<&Path>, level: &str) {
     };
     let filter = Targets::new()
         .with_target("holdfast", level)
+        .with_target("kube_client::client::builder", LevelFilter::OFF)
         .with_default(others);
     let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(false)
@@ -30,6 +36,8 @@ pub fn init(file: Option<&Path>, level: &str) {
         std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(p)
             .ok()
     });

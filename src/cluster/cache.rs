@@ -5,10 +5,31 @@ use super::ClusterInfo;
 use crate::cni::Result;
 use crate::state::atomic;
 use serde::{Deserialize, Serialize};
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 pub const CACHE_VERSION: u32 = 1;
 pub const FILE: &str = "cluster-info.json";
+/// A real cache is a few hundred bytes; anything near this is not one.
+const MAX_BYTES: u64 = 1 << 20;
+
+/// Reads a state file without following a symlink at `path` and without trusting its size.
+pub fn read_state_file(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    let mut bytes = Vec::new();
+    f.take(max.saturating_add(1)).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {max} bytes"),
+        ));
+    }
+    Ok(bytes)
+}
 
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -28,6 +49,8 @@ pub enum Unusable {
     Missing,
     Corrupt(String),
     ForeignNode(String),
+    /// It parses, but it has no podCIDRs: an ADD with it would give the pod no address.
+    NoPodCidrs,
 }
 
 impl std::fmt::Display for Unusable {
@@ -36,14 +59,15 @@ impl std::fmt::Display for Unusable {
             Unusable::Missing => write!(f, "no cache yet"),
             Unusable::Corrupt(e) => write!(f, "cache is corrupt ({e}), ignored"),
             Unusable::ForeignNode(n) => write!(f, "cache belongs to node {n:?}, ignored"),
+            Unusable::NoPodCidrs => write!(f, "cache holds no podCIDRs, ignored"),
         }
     }
 }
 
-/// Loads the cache of `node`. A corrupt or foreign cache is reported, never fatal.
+/// Loads the cache of `node`. A corrupt, empty or foreign cache is reported, never fatal.
 pub fn load(state_dir: &Path, node: &str) -> std::result::Result<ClusterInfo, Unusable> {
     let p = path(state_dir);
-    let bytes = match std::fs::read(&p) {
+    let bytes = match read_state_file(&p, MAX_BYTES) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Unusable::Missing),
         Err(e) => return Err(Unusable::Corrupt(e.to_string())),
@@ -54,6 +78,9 @@ pub fn load(state_dir: &Path, node: &str) -> std::result::Result<ClusterInfo, Un
     }
     if d.info.node_name != node {
         return Err(Unusable::ForeignNode(d.info.node_name));
+    }
+    if d.info.pod_cidrs.is_empty() {
+        return Err(Unusable::NoPodCidrs);
     }
     Ok(d.info)
 }
@@ -92,6 +119,21 @@ mod tests {
         assert_eq!(mode, 0o600);
         assert!(matches!(load(&dir, "n2"), Err(Unusable::ForeignNode(n)) if n == "n1"));
         std::fs::write(path(&dir), b"{\"version\":1,").unwrap();
+        assert!(matches!(load(&dir, "n1"), Err(Unusable::Corrupt(_))));
+        store(
+            &dir,
+            &ClusterInfo {
+                pod_cidrs: vec![],
+                ..info.clone()
+            },
+        )
+        .unwrap();
+        assert_eq!(load(&dir, "n1").unwrap_err(), Unusable::NoPodCidrs);
+        // Never read through a symlink.
+        store(&dir, &info).unwrap();
+        let link = dir.join("elsewhere");
+        std::fs::rename(path(&dir), &link).unwrap();
+        std::os::unix::fs::symlink(&link, path(&dir)).unwrap();
         assert!(matches!(load(&dir, "n1"), Err(Unusable::Corrupt(_))));
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -1,10 +1,12 @@
 //! Fetching cluster info from the API: the kubeconfig's server (normally the service VIP) first,
 //! the cached real apiserver endpoints after a head start, concurrently; first good answer wins;
-//! the whole attempt is bounded by `timeoutMs`. No client-side retries: a CNI plugin's budget is
-//! the runtime's, not ours.
+//! the whole attempt, credentials included, is bounded by `timeoutMs`. No client-side retries: a
+//! CNI plugin's budget is the runtime's, not ours. Which servers take part is the caller's
+//! decision ([`Route`]), made from the remembered health.
 
 use super::ClusterInfo;
 use super::KubeConf;
+use super::credentials;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use ipnetwork::IpNetwork;
@@ -13,20 +15,45 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ListParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
+use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
 use std::time::Duration;
 use tokio::time::Instant;
+
+/// A Node object is tens of KiB; a body beyond this is not an answer worth holding in memory.
+const MAX_BODY: usize = 4 << 20;
+
+/// How an attempt failed, which decides what is remembered about the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// No answer: not connected, refused, reset, or nothing in time.
+    Unreachable,
+    /// An answer, but not a usable one.
+    Rejected,
+    /// No credentials to send (token file, exec plugin): says nothing about the server.
+    Credentials,
+    /// The kubeconfig itself is unusable: no server was asked.
+    Config,
+}
 
 /// One server we tried and why it did not do.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Attempt {
     pub server: String,
     pub error: String,
+    pub kind: Kind,
 }
 
 impl std::fmt::Display for Attempt {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.server, self.error)
+        match self.kind {
+            Kind::Credentials => {
+                write!(f, "cannot authenticate to {} ({})", self.server, self.error)
+            }
+            _ => write!(f, "{}: {}", self.server, self.error),
+        }
     }
 }
 
@@ -37,51 +64,142 @@ pub fn describe_attempts(a: &[Attempt]) -> String {
         .join("; ")
 }
 
+/// The kubeconfig, parsed, without credentials resolved yet.
+#[derive(Clone)]
+pub struct Base {
+    cfg: Config,
+    /// The kubeconfig server's host: the name TLS is verified against on every path.
+    host: String,
+    /// The kubeconfig server as `addr:port`.
+    pub label: String,
+    dir: PathBuf,
+}
+
+/// Which servers one ADD asks.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Route {
+    /// Ask the kubeconfig's server.
+    pub primary: bool,
+    /// Real apiserver endpoints to ask (never the primary's own address).
+    pub endpoints: Vec<SocketAddr>,
+}
+
+/// What one fetch found: the winning answer, if any, and every failure seen by then.
+#[derive(Debug)]
+pub struct Outcome {
+    pub info: Option<ClusterInfo>,
+    pub failures: Vec<Attempt>,
+}
+
 /// How long the kubeconfig server has to itself before the real endpoints are tried as well.
 fn head_start(budget: Duration) -> Duration {
     (budget / 4).min(Duration::from_millis(250))
 }
 
-/// Fetches cluster info for `node`. `endpoints` are the real apiserver addresses cached earlier.
-pub async fn fetch(
-    kube: &KubeConf,
-    node: &str,
-    endpoints: &[SocketAddr],
-) -> Result<ClusterInfo, Vec<Attempt>> {
+/// Reads and checks the kubeconfig. No credential is touched yet.
+pub async fn load_config(kube: &KubeConf) -> Result<Base, Attempt> {
+    let fail = |e: String| Attempt {
+        server: kube.kubeconfig.display().to_string(),
+        error: e,
+        kind: Kind::Config,
+    };
+    let kc =
+        Kubeconfig::read_from(&kube.kubeconfig).map_err(|e| fail(format!("kubeconfig: {e}")))?;
+    let mut cfg = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .map_err(|e| fail(format!("kubeconfig: {e}")))?;
+    cfg.default_retry = false;
+    if cfg.accept_invalid_certs {
+        return Err(fail(
+            "kubeconfig: insecure-skip-tls-verify is not allowed: TLS is always verified".into(),
+        ));
+    }
+    let (host, label) = server_of(&cfg);
+    let dir = kube
+        .kubeconfig
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    Ok(Base {
+        cfg,
+        host,
+        label,
+        dir,
+    })
+}
+
+impl Base {
+    /// This config with its credentials resolved (exec plugin run), before `deadline`.
+    async fn with_credentials(&self, deadline: Instant) -> Result<Config, Attempt> {
+        let mut cfg = self.cfg.clone();
+        // `resolve` keeps the deadline itself (and kills an exec plugin's whole process group
+        // when it passes); this outer bound only catches what it could not.
+        let resolved = tokio::time::timeout_at(
+            deadline + Duration::from_millis(100),
+            credentials::resolve(&mut cfg.auth_info, &self.dir, deadline),
+        )
+        .await
+        .unwrap_or_else(|_| Err("credentials not ready in time".into()));
+        resolved.map(|()| cfg).map_err(|error| Attempt {
+            server: self.label.clone(),
+            error,
+            kind: Kind::Credentials,
+        })
+    }
+
+    /// `cfg` aimed at a real apiserver address, still verifying TLS against the name we would
+    /// have used for the kubeconfig's server (apiserver certificates carry the VIP and
+    /// kubernetes.default.svc, not necessarily their own address).
+    fn at_endpoint(&self, cfg: &Config, ep: &SocketAddr) -> Option<Config> {
+        let mut cfg = cfg.clone();
+        cfg.cluster_url = format!("https://{ep}").parse().ok()?;
+        if cfg.tls_server_name.is_none() {
+            cfg.tls_server_name = Some(self.host.clone());
+        }
+        Some(cfg)
+    }
+}
+
+type Pending = Pin<Box<dyn Future<Output = (String, Result<ClusterInfo, (Kind, String)>)>>>;
+
+/// Fetches cluster info for `node` along `route`, bounded by `timeoutMs` from now.
+pub async fn fetch(kube: &KubeConf, base: &Base, node: &str, route: &Route) -> Outcome {
     let budget = Duration::from_millis(kube.timeout_ms);
     let deadline = Instant::now() + budget;
-    let kubeconfig_label = kube.kubeconfig.display().to_string();
-    let base = load_config(kube).await.map_err(|e| {
-        vec![Attempt {
-            server: kubeconfig_label.clone(),
-            error: e,
-        }]
-    })?;
-    let (primary_host, primary_label) = server_of(&base);
-
-    let (failed_tx, failed_rx) = tokio::sync::watch::channel(false);
-    let mut tasks = FuturesUnordered::new();
-    {
-        let cfg = base.clone();
-        let label = primary_label.clone();
-        let node = node.to_string();
+    let cfg = match base.with_credentials(deadline).await {
+        Ok(c) => c,
+        Err(a) => {
+            return Outcome {
+                info: None,
+                failures: vec![a],
+            };
+        }
+    };
+    let (failed_tx, failed_rx) = tokio::sync::watch::channel(!route.primary);
+    let tasks: FuturesUnordered<Pending> = FuturesUnordered::new();
+    let mut pending = Vec::new();
+    if route.primary {
+        let (cfg, label, node) = (cfg.clone(), base.label.clone(), node.to_string());
+        pending.push(label.clone());
         tasks.push(Box::pin(async move {
             let r = attempt(cfg, &node, deadline).await;
             if r.is_err() {
                 let _ = failed_tx.send(true);
             }
             (label, r)
-        })
-            as std::pin::Pin<Box<dyn std::future::Future<Output = _>>>);
+        }));
     }
-    for ep in endpoints.iter().filter(|e| e.to_string() != primary_label) {
-        let Some(cfg) = endpoint_config(&base, ep, &primary_host) else {
+    let wait = head_start(budget);
+    for ep in route
+        .endpoints
+        .iter()
+        .filter(|e| e.to_string() != base.label)
+    {
+        let Some(cfg) = base.at_endpoint(&cfg, ep) else {
             continue;
         };
-        let mut rx = failed_rx.clone();
-        let node = node.to_string();
-        let label = ep.to_string();
-        let wait = head_start(budget);
+        let (mut rx, node, label) = (failed_rx.clone(), node.to_string(), ep.to_string());
+        pending.push(label.clone());
         tasks.push(Box::pin(async move {
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
@@ -90,88 +208,102 @@ pub async fn fetch(
             (label, attempt(cfg, &node, deadline).await)
         }));
     }
+    race(tasks, pending, base, deadline, kube.timeout_ms, wait).await
+}
 
-    let mut failures: Vec<Attempt> = Vec::new();
-    let mut pending: Vec<String> = std::iter::once(primary_label.clone())
-        .chain(
-            endpoints
-                .iter()
-                .map(|e| e.to_string())
-                .filter(|e| *e != primary_label),
-        )
-        .collect();
+/// Collects the first good answer, or every failure by the deadline.
+async fn race(
+    mut tasks: FuturesUnordered<Pending>,
+    mut pending: Vec<String>,
+    base: &Base,
+    deadline: Instant,
+    timeout_ms: u64,
+    head: Duration,
+) -> Outcome {
+    let mut failures = Vec::new();
     loop {
         match tokio::time::timeout_at(deadline, tasks.next()).await {
             Ok(Some((label, Ok(mut info)))) => {
-                info.fetched_from = label;
-                if info.api_endpoints.is_empty() {
-                    info.api_endpoints = endpoints.to_vec();
+                pending.retain(|p| *p != label);
+                // The kubeconfig's server was slower than a real endpoint by a whole head start:
+                // for the next ADDs it counts as not answering.
+                if pending.contains(&base.label) {
+                    failures.push(Attempt {
+                        server: base.label.clone(),
+                        error: format!(
+                            "no answer within {} ms, {label} answered",
+                            head.as_millis()
+                        ),
+                        kind: Kind::Unreachable,
+                    });
                 }
-                return Ok(info);
+                info.fetched_from = label;
+                return Outcome {
+                    info: Some(info),
+                    failures,
+                };
             }
-            Ok(Some((label, Err(error)))) => {
+            Ok(Some((label, Err((kind, error))))) => {
                 pending.retain(|p| *p != label);
                 failures.push(Attempt {
                     server: label,
                     error,
+                    kind,
                 });
             }
             Ok(None) => break,
             Err(_) => {
-                for p in pending {
-                    failures.push(Attempt {
-                        server: p,
-                        error: format!("no answer within {} ms", kube.timeout_ms),
-                    });
-                }
+                failures.extend(pending.drain(..).map(|p| Attempt {
+                    server: p,
+                    error: format!("no answer within {timeout_ms} ms"),
+                    kind: Kind::Unreachable,
+                }));
                 break;
             }
         }
     }
-    Err(failures)
+    Outcome {
+        info: None,
+        failures,
+    }
 }
 
 /// Asks each server on its own (the kubeconfig's, then every cached real endpoint), each bounded
 /// by `timeoutMs`, for `doctor`: which way to the API works right now.
 pub async fn probe_each(
     kube: &KubeConf,
+    base: &Base,
     node: &str,
     endpoints: &[SocketAddr],
-) -> Vec<(String, Result<(), String>)> {
-    let base = match load_config(kube).await {
-        Ok(c) => c,
-        Err(e) => return vec![(kube.kubeconfig.display().to_string(), Err(e))],
-    };
-    let (host, label) = server_of(&base);
-    let mut targets = vec![(label.clone(), base.clone())];
-    for ep in endpoints.iter().filter(|e| e.to_string() != label) {
-        let Some(cfg) = endpoint_config(&base, ep, &host) else {
-            continue;
-        };
-        targets.push((ep.to_string(), cfg));
-    }
+) -> Vec<(String, Result<(), Attempt>)> {
     let budget = Duration::from_millis(kube.timeout_ms);
+    let cfg = match base.with_credentials(Instant::now() + budget).await {
+        Ok(c) => c,
+        Err(a) => return vec![(base.label.clone(), Err(a))],
+    };
+    let mut targets = vec![(base.label.clone(), cfg.clone())];
+    for ep in endpoints.iter().filter(|e| e.to_string() != base.label) {
+        if let Some(c) = base.at_endpoint(&cfg, ep) {
+            targets.push((ep.to_string(), c));
+        }
+    }
     let probes = targets.into_iter().map(|(label, cfg)| async move {
         let deadline = Instant::now() + budget;
         let r = match tokio::time::timeout_at(deadline, attempt(cfg, node, deadline)).await {
             Ok(r) => r.map(|_| ()),
-            Err(_) => Err(format!("no answer within {} ms", kube.timeout_ms)),
+            Err(_) => Err((
+                Kind::Unreachable,
+                format!("no answer within {} ms", kube.timeout_ms),
+            )),
         };
+        let r = r.map_err(|(kind, error)| Attempt {
+            server: label.clone(),
+            error,
+            kind,
+        });
         (label, r)
     });
     futures::future::join_all(probes).await
-}
-
-/// `base` aimed at a real apiserver address, still verifying TLS against the name we would have
-/// used for the kubeconfig's server (apiserver certificates carry the VIP and
-/// kubernetes.default.svc, not necessarily their own address).
-fn endpoint_config(base: &Config, ep: &SocketAddr, server_host: &str) -> Option<Config> {
-    let mut cfg = base.clone();
-    cfg.cluster_url = format!("https://{ep}").parse().ok()?;
-    if cfg.tls_server_name.is_none() {
-        cfg.tls_server_name = Some(server_host.to_string());
-    }
-    Some(cfg)
 }
 
 /// The kubeconfig server's host (the name TLS is verified against) and its `addr:port` label.
@@ -190,22 +322,24 @@ fn server_of(cfg: &Config) -> (String, String) {
     (host, label)
 }
 
-async fn load_config(kube: &KubeConf) -> Result<Config, String> {
-    let kc = Kubeconfig::read_from(&kube.kubeconfig).map_err(|e| format!("kubeconfig: {e}"))?;
-    let mut cfg = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-        .await
-        .map_err(|e| format!("kubeconfig: {e}"))?;
-    cfg.default_retry = false;
-    if cfg.accept_invalid_certs {
-        return Err(
-            "kubeconfig: insecure-skip-tls-verify is not allowed: TLS is always verified".into(),
-        );
-    }
-    Ok(cfg)
+/// A client whose response bodies are cut off at [`MAX_BODY`].
+fn client(cfg: Config) -> Result<Client, (Kind, String)> {
+    let builder = kube::client::ClientBuilder::try_from(cfg).map_err(|e| classify(&e))?;
+    Ok(builder
+        .with_layer(&tower::util::MapResponseLayer::new(limit_body))
+        .build())
+}
+
+fn limit_body<B>(r: hyper::Response<B>) -> hyper::Response<http_body_util::Limited<B>> {
+    r.map(|b| http_body_util::Limited::new(b, MAX_BODY))
 }
 
 /// One server: the node, and (best effort) the apiserver's real addresses.
-async fn attempt(mut cfg: Config, node: &str, deadline: Instant) -> Result<ClusterInfo, String> {
+async fn attempt(
+    mut cfg: Config,
+    node: &str,
+    deadline: Instant,
+) -> Result<ClusterInfo, (Kind, String)> {
     // The connector's own timeouts fire just before the overall deadline, so a black-holed
     // connect is reported as such rather than as a bare deadline.
     let left = deadline.saturating_duration_since(Instant::now());
@@ -215,25 +349,11 @@ async fn attempt(mut cfg: Config, node: &str, deadline: Instant) -> Result<Clust
     cfg.connect_timeout = Some(inner);
     cfg.read_timeout = Some(inner);
     cfg.write_timeout = Some(inner);
-    let client = Client::try_from(cfg).map_err(|e| describe(&e))?;
+    let client = client(cfg)?;
     let nodes: Api<Node> = Api::all(client.clone());
     let (n, eps) = tokio::join!(nodes.get(node), api_endpoints(client));
-    let n = n.map_err(|e| describe(&e))?;
-    let spec = n.spec.unwrap_or_default();
-    let raw: Vec<String> = match spec.pod_cidrs {
-        Some(v) if !v.is_empty() => v,
-        _ => spec.pod_cidr.into_iter().collect(),
-    };
-    if raw.is_empty() {
-        return Err(format!("node {node} has no podCIDRs"));
-    }
-    let mut pod_cidrs = Vec::new();
-    for c in raw {
-        let net: IpNetwork = c
-            .parse()
-            .map_err(|e| format!("node {node} podCIDR {c:?}: {e}"))?;
-        pod_cidrs.push(net);
-    }
+    let n = n.map_err(|e| classify(&e))?;
+    let pod_cidrs = pod_cidrs(node, n.spec.unwrap_or_default()).map_err(|e| (Kind::Rejected, e))?;
     let api_endpoints = eps.unwrap_or_else(|e| {
         tracing::debug!("apiserver endpoints not fetched: {e}");
         Vec::new()
@@ -248,6 +368,36 @@ async fn attempt(mut cfg: Config, node: &str, deadline: Instant) -> Result<Clust
     })
 }
 
+fn pod_cidrs(
+    node: &str,
+    spec: k8s_openapi::api::core::v1::NodeSpec,
+) -> Result<Vec<IpNetwork>, String> {
+    let raw: Vec<String> = match spec.pod_cidrs {
+        Some(v) if !v.is_empty() => v,
+        _ => spec.pod_cidr.into_iter().collect(),
+    };
+    if raw.is_empty() {
+        return Err(format!("node {node} has no podCIDRs"));
+    }
+    raw.iter()
+        .map(|c| {
+            c.parse()
+                .map_err(|e| format!("node {node} podCIDR {:?}: {e}", truncate(c)))
+        })
+        .collect()
+}
+
+/// The port of the `https` entry (or the only unnamed one); 443 when none is listed.
+fn https_port<'a>(ports: impl IntoIterator<Item = (Option<&'a str>, Option<i32>)>) -> Option<u16> {
+    let found = ports
+        .into_iter()
+        .find(|(name, _)| name.is_none_or(|n| n == "https"));
+    match found {
+        Some((_, Some(p))) => u16::try_from(p).ok().filter(|p| *p != 0),
+        _ => Some(443),
+    }
+}
+
 /// The `default/kubernetes` service's real addresses: EndpointSlices, else core Endpoints.
 async fn api_endpoints(client: Client) -> Result<Vec<SocketAddr>, String> {
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
@@ -256,13 +406,11 @@ async fn api_endpoints(client: Client) -> Result<Vec<SocketAddr>, String> {
         Ok(list) => {
             let mut out = Vec::new();
             for s in list.items {
-                let port = s
-                    .ports
-                    .unwrap_or_default()
-                    .iter()
-                    .find(|p| p.name.as_deref().is_none_or(|n| n == "https"))
-                    .and_then(|p| p.port)
-                    .unwrap_or(443);
+                let ports = s.ports.unwrap_or_default();
+                let Some(port) = https_port(ports.iter().map(|p| (p.name.as_deref(), p.port)))
+                else {
+                    continue;
+                };
                 for ep in s.endpoints {
                     if ep.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
                         continue;
@@ -271,7 +419,7 @@ async fn api_endpoints(client: Client) -> Result<Vec<SocketAddr>, String> {
                         ep.addresses
                             .iter()
                             .filter_map(|a| a.parse().ok())
-                            .map(|ip| SocketAddr::new(ip, port as u16)),
+                            .map(|ip| SocketAddr::new(ip, port)),
                     );
                 }
             }
@@ -279,30 +427,30 @@ async fn api_endpoints(client: Client) -> Result<Vec<SocketAddr>, String> {
         }
         Err(kube::Error::Api(s)) if s.code == 404 => {
             let eps: Api<Endpoints> = Api::namespaced(client, "default");
-            let e = eps.get("kubernetes").await.map_err(|e| describe(&e))?;
+            let e = eps.get("kubernetes").await.map_err(|e| classify(&e).1)?;
             let mut out = Vec::new();
             for ss in e.subsets.unwrap_or_default() {
-                let port = ss
-                    .ports
-                    .unwrap_or_default()
-                    .iter()
-                    .find(|p| p.name.as_deref().is_none_or(|n| n == "https"))
-                    .map(|p| p.port)
-                    .unwrap_or(443);
+                let ports = ss.ports.unwrap_or_default();
+                let Some(port) =
+                    https_port(ports.iter().map(|p| (p.name.as_deref(), Some(p.port))))
+                else {
+                    continue;
+                };
                 for a in ss.addresses.unwrap_or_default() {
                     if let Ok(ip) = a.ip.parse() {
-                        out.push(SocketAddr::new(ip, port as u16));
+                        out.push(SocketAddr::new(ip, port));
                     }
                 }
             }
             Ok(out)
         }
-        Err(e) => Err(describe(&e)),
+        Err(e) => Err(classify(&e).1),
     }
 }
 
-/// A short, operator-readable reason. Never includes request headers (the bearer token).
-pub fn describe(e: &kube::Error) -> String {
+/// A short, one-line, operator-readable reason, decided from the error's types. Never includes
+/// request headers (the bearer token) or a credential plugin's command line.
+pub fn classify(e: &kube::Error) -> (Kind, String) {
     match e {
         kube::Error::Api(s) => {
             let reason = if s.message.is_empty() {
@@ -310,54 +458,137 @@ pub fn describe(e: &kube::Error) -> String {
             } else {
                 s.message.as_str()
             };
-            format!("HTTP {}: {}", s.code, truncate(reason))
+            (
+                Kind::Rejected,
+                format!("HTTP {}: {}", s.code, truncate(reason)),
+            )
         }
-        kube::Error::SerdeError(e) => format!("malformed response: {e}"),
-        other => {
-            let mut src: Option<&(dyn std::error::Error + 'static)> = Some(other);
-            let mut chain = Vec::new();
-            while let Some(e) = src {
-                if let Some(io) = e.downcast_ref::<std::io::Error>() {
-                    match io.kind() {
-                        std::io::ErrorKind::ConnectionRefused => {
-                            return "connection refused".into();
-                        }
-                        // The connector and the reader both time out with TimedOut; only a
-                        // connect failure is wrapped in hyper's "(Connect)" error.
-                        std::io::ErrorKind::TimedOut
-                            if chain.iter().any(|c: &String| c.contains("(Connect)")) =>
-                        {
-                            return "connect timed out".into();
-                        }
-                        std::io::ErrorKind::TimedOut => {
-                            return "connected, but no response in time".into();
-                        }
-                        std::io::ErrorKind::ConnectionReset => return "connection reset".into(),
-                        _ => {}
-                    }
-                }
-                let s = e.to_string();
-                if s.contains("invalid peer certificate")
-                    || s.contains("certificate") && s.contains("invalid")
-                {
-                    return format!("TLS verification failed: {}", truncate(&s));
-                }
-                chain.push(s);
-                src = e.source();
-            }
-            truncate(&chain.join(": "))
-        }
+        kube::Error::SerdeError(e) => (
+            Kind::Rejected,
+            format!("malformed response: {}", truncate(&e.to_string())),
+        ),
+        // Credentials are resolved before the client exists; this is only a safety net, and
+        // its chain can hold a command line with env values.
+        kube::Error::Auth(_) => (Kind::Credentials, "credentials could not be used".into()),
+        other => classify_chain(other),
     }
 }
 
-fn truncate(s: &str) -> String {
-    if s.len() <= 200 {
-        s.to_string()
-    } else {
-        let mut end = 200;
-        while !s.is_char_boundary(end) {
-            end -= 1;
+/// Walks the source chain for the typed causes that matter.
+fn classify_chain(top: &(dyn std::error::Error + 'static)) -> (Kind, String) {
+    let mut connecting = false;
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(top);
+    let mut last = top;
+    while let Some(e) = src {
+        if let Some(h) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
+            connecting |= h.is_connect();
         }
-        format!("{}…", &s[..end])
+        if e.downcast_ref::<http_body_util::LengthLimitError>()
+            .is_some()
+        {
+            return (
+                Kind::Rejected,
+                format!("response larger than {} MiB", MAX_BODY >> 20),
+            );
+        }
+        if let Some(t) = e.downcast_ref::<rustls::Error>() {
+            return tls(t);
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if let Some(t) = rustls_inside(io) {
+                return tls(t);
+            }
+            if let Some(r) = io_reason(io.kind(), connecting) {
+                return (Kind::Unreachable, r.into());
+            }
+        }
+        last = e;
+        src = e.source();
+    }
+    (Kind::Rejected, truncate(&last.to_string()))
+}
+
+/// tokio-rustls carries the TLS error inside an io::Error (possibly wrapped in another), not as
+/// its source, so the source chain never reaches it.
+fn rustls_inside(io: &std::io::Error) -> Option<&rustls::Error> {
+    let mut inner = io.get_ref()?;
+    loop {
+        if let Some(t) = inner.downcast_ref::<rustls::Error>() {
+            return Some(t);
+        }
+        inner = inner.downcast_ref::<std::io::Error>()?.get_ref()?;
+    }
+}
+
+fn tls(e: &rustls::Error) -> (Kind, String) {
+    (
+        Kind::Rejected,
+        format!("TLS verification failed: {}", truncate(&e.to_string())),
+    )
+}
+
+fn io_reason(kind: std::io::ErrorKind, connecting: bool) -> Option<&'static str> {
+    use std::io::ErrorKind as K;
+    Some(match kind {
+        K::ConnectionRefused => "connection refused",
+        // The connector and the reader both time out with TimedOut; hyper marks the connect.
+        K::TimedOut if connecting => "connect timed out",
+        K::TimedOut => "connected, but no response in time",
+        K::ConnectionReset => "connection reset",
+        K::ConnectionAborted | K::BrokenPipe | K::UnexpectedEof => "connection closed",
+        K::HostUnreachable => "host unreachable",
+        K::NetworkUnreachable => "network unreachable",
+        _ => return None,
+    })
+}
+
+/// At most 200 bytes, on one line.
+fn truncate(s: &str) -> String {
+    let one_line: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if one_line.len() <= 200 {
+        return one_line;
+    }
+    let mut end = 200;
+    while !one_line.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &one_line[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_from_the_api_are_checked() {
+        assert_eq!(https_port([(Some("https"), Some(6443))]), Some(6443));
+        assert_eq!(https_port([(None, Some(443))]), Some(443));
+        assert_eq!(https_port([(Some("https"), None)]), Some(443));
+        assert_eq!(https_port([(Some("other"), Some(1))]), Some(443));
+        assert_eq!(https_port([(Some("https"), Some(70000))]), None);
+        assert_eq!(https_port([(Some("https"), Some(-1))]), None);
+    }
+
+    #[test]
+    fn reasons_are_typed_and_one_line() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "x");
+        assert_eq!(
+            classify_chain(&io),
+            (Kind::Unreachable, "connection refused".into())
+        );
+        let io = std::io::Error::new(std::io::ErrorKind::TimedOut, "x");
+        assert_eq!(classify_chain(&io).1, "connected, but no response in time");
+        let t = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        );
+        let (k, m) = classify_chain(&t);
+        assert_eq!(k, Kind::Rejected);
+        assert!(m.starts_with("TLS verification failed"), "{m}");
+        assert_eq!(truncate("a\nb"), "a b");
+        assert!(truncate(&"é".repeat(300)).ends_with('…'));
     }
 }

@@ -14,6 +14,9 @@ pub struct KubeConf {
     pub refresh_seconds: u64,
     #[serde(default)]
     pub max_stale_seconds: u64,
+    /// How long a server that did not answer is left alone before one ADD asks it again.
+    #[serde(default = "default_outage_hold")]
+    pub outage_hold_seconds: u64,
 }
 
 fn default_timeout_ms() -> u64 {
@@ -21,4 +24,7 @@ fn default_timeout_ms() -> u64 {
 }
 fn default_refresh() -> u64 {
     60
+}
+fn default_outage_hold() -> u64 {
+    10
 }

@@ -413,3 +413,25 @@ pub fn write_kubeconfig(
     );
     std::fs::write(path, kc).unwrap();
 }
+
+/// Writes a kubeconfig for `server` whose user runs the exec credential plugin `command` with
+/// `env` (name, value) pairs, non-interactively.
+pub fn write_kubeconfig_exec(
+    path: &Path,
+    server: &str,
+    ca_pem: &str,
+    command: &Path,
+    env: &[(&str, &str)],
+) {
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let env: String = env
+        .iter()
+        .map(|(k, v)| format!("      - name: {k}\n        value: {v}\n"))
+        .collect();
+    let kc = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {server}\n    certificate-authority-data: {}\nusers:\n- name: u\n  user:\n    exec:\n      apiVersion: client.authentication.k8s.io/v1\n      command: {}\n      interactiveMode: Never\n      env:\n{env}contexts:\n- name: x\n  context: {{cluster: c, user: u}}\ncurrent-context: x\n",
+        b64(ca_pem),
+        command.display()
+    );
+    std::fs::write(path, kc).unwrap();
+}
