@@ -1,10 +1,10 @@
 //! `holdfast doctor`: what an operator needs to know during an incident, from this node alone.
 
 use crate::cluster::{self, KubeConf, cache, health};
-use crate::plugin::conf::Conf;
 use crate::dataplane::{link, names};
 use crate::ipam::range;
 use crate::ipam::store::Store;
+use crate::plugin::conf::Conf;
 use crate::state;
 use ipnetwork::IpNetwork;
 use serde::Serialize;
@@ -93,7 +93,7 @@ pub struct Attachment {
 
 /// Builds the report; `conf` is what was loaded, or the error loading it. One function per
 /// section, in the order the report reads.
-pub fn run(path: Option<PathBuf>, conf: Result<Conf, String>) -> Report {
+pub async fn run(path: Option<PathBuf>, conf: Result<Conf, String>) -> Report {
     let mut r = Report {
         config: ConfigReport {
             path,
@@ -111,19 +111,23 @@ pub fn run(path: Option<PathBuf>, conf: Result<Conf, String>) -> Report {
     r.config.network = Some(conf.name().to_string());
     r.config.state_dir = Some(conf.state_dir.clone());
     let pod_cidrs = match &conf.kubernetes {
-        Some(kube) => cluster_section(&mut r, kube, &conf.state_dir),
+        Some(kube) => cluster_section(&mut r, kube, &conf.state_dir).await,
         None => None,
     };
     ipam_section(&mut r, &conf, pod_cidrs.as_deref());
     let owned = attachments_section(&mut r, &conf);
     r.reclaimed = crate::plugin::reclaim::journal(&conf.state_dir);
-    links_section(&mut r, &owned.links);
+    links_section(&mut r, &owned.links).await;
     leases_section(&mut r, &conf, &owned.owners);
     r
 }
 
 /// API paths, remembered health and the cache; returns the cached podCIDRs.
-fn cluster_section(r: &mut Report, kube: &KubeConf, state_dir: &Path) -> Option<Vec<IpNetwork>> {
+async fn cluster_section(
+    r: &mut Report,
+    kube: &KubeConf,
+    state_dir: &Path,
+) -> Option<Vec<IpNetwork>> {
     let node = match cluster::node_name(kube) {
         Ok(n) => n,
         Err(e) => {
@@ -137,7 +141,7 @@ fn cluster_section(r: &mut Report, kube: &KubeConf, state_dir: &Path) -> Option<
         .map(|c| c.api_endpoints.clone())
         .unwrap_or_default();
     health_section(r, state_dir);
-    api_section(r, kube, state_dir, &node, &endpoints);
+    api_section(r, kube, state_dir, &node, &endpoints).await;
     cache_section(r, kube, state_dir, cached)
 }
 
@@ -157,23 +161,14 @@ fn health_section(r: &mut Report, state_dir: &Path) {
         .collect();
 }
 
-fn api_section(
+async fn api_section(
     r: &mut Report,
     kube: &KubeConf,
     state_dir: &Path,
     node: &str,
     endpoints: &[SocketAddr],
 ) {
-    let probed = crate::runtime::block_on(async {
-        Ok(cluster::probe_servers(kube, state_dir, node, endpoints).await)
-    });
-    let probes = match probed {
-        Ok(p) => p,
-        Err(e) => {
-            r.attention.push(format!("API probe: {e}"));
-            return;
-        }
-    };
+    let probes = cluster::probe_servers(kube, state_dir, node, endpoints).await;
     let list: Vec<ApiProbe> = probes
         .into_iter()
         .enumerate()
@@ -329,11 +324,11 @@ fn attachments_section(r: &mut Report, conf: &Conf) -> Owned {
 }
 
 /// Host links that look like holdfast's and that no attachment owns.
-fn links_section(r: &mut Report, owned: &HashSet<String>) {
-    let links = crate::runtime::block_on(async {
-        let host = crate::dataplane::Host::connect()?;
-        link::all(&host).await
-    });
+async fn links_section(r: &mut Report, owned: &HashSet<String>) {
+    let links = match crate::dataplane::Host::connect() {
+        Ok(host) => link::all(&host).await,
+        Err(e) => Err(e),
+    };
     match links {
         Ok(links) => {
             for l in links

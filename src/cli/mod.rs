@@ -173,7 +173,13 @@ fn doctor_cmd(args: &[String]) -> i32 {
         let off = c.log_level == crate::plugin::conf::LogLevel::Off;
         logging::init(None, if off { "off" } else { "error" });
     }
-    let report = doctor::run(file, conf);
+    let report = match crate::runtime::block_on(async { Ok(doctor::run(file, conf).await) }) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{NAME} doctor: {e}");
+            return 2;
+        }
+    };
     if flags.iter().any(|f| f == "--json") {
         match serde_json::to_string_pretty(&report) {
             Ok(s) => println!("{s}"),

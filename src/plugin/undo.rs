@@ -3,11 +3,11 @@
 //! `defer ipam.ExecDel`). Nothing that was not recorded is touched, so an ADD never removes
 //! what it did not create.
 
+use crate::cni::Result;
 use crate::dataplane::link::{self, Link};
 use crate::dataplane::{Host, Pod, tc};
 use crate::ipam::{Plan, Target};
 use crate::state;
-use crate::cni::Result;
 use std::path::Path;
 
 /// One completed step of ADD.
