@@ -120,6 +120,9 @@ impl Record {
     pub fn invalid(&self, network: &str, file_name: &str) -> Option<String> {
         use crate::cni::env::{validate_container_id, validate_ifname};
         use crate::dataplane::names::is_ours;
+        if self.version == 0 || self.version > RECORD_VERSION {
+            return Some(format!("unknown record version {}", self.version));
+        }
         if self.network != network {
             return Some(format!("network {:?} is not {network:?}", self.network));
         }
@@ -484,6 +487,9 @@ mod tests {
         )
         .unwrap();
         std::fs::write(d.join("big@eth0.json"), vec![b' '; MAX_RECORD + 1]).unwrap();
+        let mut future = record("v9", "eth0");
+        future.version = RECORD_VERSION + 1;
+        std::fs::write(d.join("v9@eth0.json"), serde_json::to_vec(&future).unwrap()).unwrap();
         let (ok, bad) = list(&sd, "net");
         assert_eq!(ok, vec![record("good", "eth0")]);
         let mut bad: Vec<String> = bad
@@ -497,7 +503,8 @@ mod tests {
                 "big@eth0.json",
                 "c2@eth0.json",
                 "c3@eth0.json",
-                "planted.json"
+                "planted.json",
+                "v9@eth0.json"
             ]
         );
         let e = read(&sd, "net", "c2", "eth0").unwrap_err();
