@@ -345,7 +345,10 @@ impl Dir {
         // The fd's /proc link leads to exactly the directory this handle holds, whatever its
         // path names now, so listing through it follows nothing planted.
         let via = PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()));
+        // Without /proc (never so under a runtime) the path it was opened by has to do: DEL
+        // must not fail for want of it.
         let rd = std::fs::read_dir(&via)
+            .or_else(|_| std::fs::read_dir(&self.path))
             .map_err(|e| Error::io(format!("reading {}", self.path.display()), e))?;
         let mut out = Vec::new();
         for e in rd {
@@ -392,12 +395,24 @@ impl Dir {
     }
 }
 
+/// Reads `r` to its end, at most `limit` bytes; more is a clear error naming `what` (code 5).
+/// For stdin, caches and anything else that must not grow without bound.
+pub fn read_capped(r: impl Read, limit: usize, what: &str) -> Result<Vec<u8>> {
+    read_limited(r, limit).map_err(|e| match e {
+        Limited::Io(e) => Error::io(format!("reading {what}"), e),
+        Limited::Over => Error::io(
+            format!("refusing {what}: larger than {limit} bytes"),
+            std::io::Error::from(ErrorKind::FileTooLarge),
+        ),
+    })
+}
+
 enum Limited {
     Io(std::io::Error),
     Over,
 }
 
-fn read_limited(f: File, limit: usize) -> std::result::Result<Vec<u8>, Limited> {
+fn read_limited(f: impl Read, limit: usize) -> std::result::Result<Vec<u8>, Limited> {
     let mut buf = Vec::new();
     let cap = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
     f.take(cap).read_to_end(&mut buf).map_err(Limited::Io)?;

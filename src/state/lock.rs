@@ -41,6 +41,8 @@ pub fn flock_until(file: File, what: &Path, deadline: Instant) -> Result<Flock<F
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     std::thread::Builder::new()
         .name("lock-wait".into())
+        // It only sits in flock: a small stack keeps a storm of waiters cheap.
+        .stack_size(64 << 10)
         .spawn(move || {
             let mut file = file;
             let res = loop {

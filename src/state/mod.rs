@@ -120,6 +120,9 @@ impl Record {
     pub fn invalid(&self, network: &str, file_name: &str) -> Option<String> {
         use crate::cni::env::{validate_container_id, validate_ifname};
         use crate::dataplane::names::is_ours;
+        if self.version == 0 || self.version > RECORD_VERSION {
+            return Some(format!("unknown record version {}", self.version));
+        }
         if self.network != network {
             return Some(format!("network {:?} is not {network:?}", self.network));
         }
@@ -130,7 +133,9 @@ impl Record {
             return Some(e.to_string());
         }
         let want = file_name_of(&self.container_id, &self.ifname);
-        if file_name != want {
+        if file_name != want
+            && legacy_name(&self.container_id, &self.ifname).as_deref() != Some(file_name)
+        {
             return Some(format!("its content belongs in {want}"));
         }
         let foreign = |n: &Option<String>| n.as_deref().is_some_and(|n| !is_ours(n));
@@ -191,6 +196,13 @@ pub fn file_stem(container_id: &str, ifname: &str) -> String {
 
 fn file_name_of(container_id: &str, ifname: &str) -> String {
     format!("{}.json", file_stem(container_id, ifname))
+}
+
+/// The name earlier versions gave the record of an ID that is now hashed, where it fit NAME_MAX:
+/// such records are still found, trusted and removed.
+fn legacy_name(container_id: &str, ifname: &str) -> Option<String> {
+    let n = format!("{container_id}@{ifname}.json");
+    (container_id.len() > READABLE_ID && n.len() <= 255).then_some(n)
 }
 
 pub fn dir(state_dir: &Path, network: &str) -> PathBuf {
@@ -259,11 +271,14 @@ pub fn read(
     let Some(d) = open_dir(state_dir, network, false)? else {
         return Ok(None);
     };
-    let name = file_name_of(container_id, ifname);
-    match d.read(&name, MAX_RECORD)? {
-        Some(b) => parse(&d, network, &name, &b).map(Some),
-        None => Ok(None),
+    let names = std::iter::once(file_name_of(container_id, ifname))
+        .chain(legacy_name(container_id, ifname));
+    for name in names {
+        if let Some(b) = d.read(&name, MAX_RECORD)? {
+            return parse(&d, network, &name, &b).map(Some);
+        }
     }
+    Ok(None)
 }
 
 /// Removes a record (a symlink there is removed, never followed), and the temp files of its
@@ -275,6 +290,9 @@ pub fn remove(state_dir: &Path, network: &str, container_id: &str, ifname: &str)
     };
     let name = file_name_of(container_id, ifname);
     d.remove(&name)?;
+    if let Some(old) = legacy_name(container_id, ifname) {
+        d.remove(&old)?;
+    }
     let prefix = at::temp_prefix(&name);
     if let Ok(names) = d.entries() {
         d.sweep_temps(&names.into_iter().map(|e| e.0).collect::<Vec<_>>(), |n| {
@@ -429,6 +447,25 @@ mod tests {
     }
 
     #[test]
+    fn records_under_the_names_of_earlier_versions_are_still_found() {
+        let sd = tmp("legacy");
+        let id = "c".repeat(200);
+        let r = record(&id, "eth0");
+        let d = dir(&sd, "net");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(
+            d.join(format!("{id}@eth0.json")),
+            serde_json::to_vec(&r).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(read(&sd, "net", &id, "eth0").unwrap(), Some(r.clone()));
+        assert_eq!(list(&sd, "net"), (vec![r], vec![]));
+        remove(&sd, "net", &id, "eth0").unwrap();
+        assert_eq!(read(&sd, "net", &id, "eth0").unwrap(), None);
+        let _ = std::fs::remove_dir_all(sd);
+    }
+
+    #[test]
     fn planted_records_are_reported_never_used() {
         let sd = tmp("planted");
         write(&sd, &record("good", "eth0")).unwrap();
@@ -450,6 +487,9 @@ mod tests {
         )
         .unwrap();
         std::fs::write(d.join("big@eth0.json"), vec![b' '; MAX_RECORD + 1]).unwrap();
+        let mut future = record("v9", "eth0");
+        future.version = RECORD_VERSION + 1;
+        std::fs::write(d.join("v9@eth0.json"), serde_json::to_vec(&future).unwrap()).unwrap();
         let (ok, bad) = list(&sd, "net");
         assert_eq!(ok, vec![record("good", "eth0")]);
         let mut bad: Vec<String> = bad
@@ -463,7 +503,8 @@ mod tests {
                 "big@eth0.json",
                 "c2@eth0.json",
                 "c3@eth0.json",
-                "planted.json"
+                "planted.json",
+                "v9@eth0.json"
             ]
         );
         let e = read(&sd, "net", "c2", "eth0").unwrap_err();
