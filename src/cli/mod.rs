@@ -9,15 +9,16 @@ use crate::cni::config::{config_version, read_json};
 use crate::cni::version::{LATEST, SUPPORTED};
 use crate::cni::{Command, Env, Error, NetConf, Result};
 use crate::plugin::{self, Request, conf::Conf};
+use crate::state::at::read_capped;
 use serde_json::Value;
-use std::io::{Read, Write};
+use std::io::Write;
 
 pub const NAME: &str = "holdfast";
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// The most stdin a runtime can reasonably send (a conflist entry with a prevResult): more is
 /// an error, not memory.
-const MAX_STDIN: u64 = 4 << 20;
+const MAX_STDIN: usize = 4 << 20;
 
 /// Entry point; returns the process exit code.
 pub fn main() -> i32 {
@@ -66,30 +67,15 @@ fn print_json(v: &Value) -> std::io::Result<()> {
     out.flush()
 }
 
-/// Reads at most `limit` bytes; more is code 5 naming the limit.
-fn read_bounded(r: impl Read, limit: u64, what: &str) -> Result<Vec<u8>> {
-    let mut buf = Vec::new();
-    r.take(limit.saturating_add(1))
-        .read_to_end(&mut buf)
-        .map_err(|e| Error::io(format!("reading {what}"), e))?;
-    if u64::try_from(buf.len()).unwrap_or(u64::MAX) > limit {
-        return Err(Error::io(
-            format!("reading {what}"),
-            std::io::Error::other(format!("more than {limit} bytes")),
-        ));
-    }
-    Ok(buf)
-}
-
 /// The CNI skeleton: the environment and stdin are read once, stdin is parsed once (its
 /// `cniVersion` is kept for an error reply), the typed request is built, and the one runtime
 /// of the process runs it.
 fn cni_main(version: &mut String) -> Result<Option<Value>> {
     let env = Env::from_lookup(|k| std::env::var_os(k))?;
-    let stdin = read_bounded(
+    let stdin = read_capped(
         std::io::stdin().lock(),
         MAX_STDIN,
-        "the network config from stdin",
+        "the network config on stdin",
     )?;
     if env.command == Command::Version {
         // VERSION's stdin is just `{"cniVersion": …}`; answer in it when it is one we speak.

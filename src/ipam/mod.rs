@@ -202,6 +202,8 @@ impl Plan {
             Plan::Builtin { sets, routes, dns } => {
                 let store = Store::open(t.state_dir, t.network)?;
                 let leases = allocate(&store, sets, &t.owner)?;
+                // The leases are on disk before their addresses are used.
+                store.sync()?;
                 drop(store);
                 let routes = routes_for(routes, &leases)?;
                 Ok(Assigned {

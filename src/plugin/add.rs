@@ -162,6 +162,8 @@ async fn steps(w: &Wiring<'_>, undo: &mut Undo) -> Result<CniResult> {
 fn record_of(w: &Wiring<'_>, result: &CniResult, ifb: Option<Link>) -> Record {
     let conf = &w.req.conf;
     Record {
+        // From the fd that was checked to be a network namespace, not the path again.
+        netns_id: w.netns.identity(),
         host_ifname: Some(w.names.host_veth.clone()),
         ifb: ifb.map(|l| l.name),
         ipam_delegate: match w.plan {

@@ -121,6 +121,7 @@ async fn steps(
         .interfaces
         .extend(ifb.as_ref().map(bandwidth::ifb_interface));
     let record = Record {
+        netns_id: netns.identity(),
         host_ifname: Some(host_link.name.clone()),
         ifb: ifb.map(|l| l.name),
         ..Record::new(

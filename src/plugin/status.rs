@@ -4,7 +4,7 @@
 use super::Status;
 use crate::cni::{Error, Result};
 use crate::ipam::range;
-use crate::ipam::store::Store;
+use crate::ipam::store::{Owner, Store};
 use std::path::Path;
 
 pub async fn status(req: &Status) -> Result<()> {
@@ -40,8 +40,17 @@ pub async fn status(req: &Status) -> Result<()> {
         .map_err(|e| Error::NotAvailable(format!("IPAM is not usable: {e}")))?;
     let leases = match Store::dir_of(&conf.state_dir, conf.name()).exists() {
         false => Vec::new(),
+        // An unreadable lease file still takes its address (ADD skips it): it counts as used.
         true => Store::open(&conf.state_dir, conf.name())
-            .and_then(|s| s.leases())
+            .and_then(|s| s.scan())
+            .map(|scan| {
+                let nobody = Owner::new("", "");
+                let unreadable = scan
+                    .unreadable
+                    .into_iter()
+                    .map(|(ip, _)| (ip, nobody.clone()));
+                scan.held.into_iter().chain(unreadable).collect::<Vec<_>>()
+            })
             .map_err(|e| Error::NotAvailable(format!("IPAM store is not usable: {e}")))?,
     };
     // A dead pod's address is as good as free: the next ADD reclaims it. Saying "full" would

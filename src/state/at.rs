@@ -13,7 +13,7 @@ use nix::sys::stat::{FileStat, Mode, SFlag};
 use nix::unistd::UnlinkatFlags;
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -155,10 +155,6 @@ impl Dir {
     /// The path of `name` in this directory, for messages.
     pub fn join(&self, name: &str) -> PathBuf {
         self.path.join(name)
-    }
-
-    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        self.fd.as_fd()
     }
 
     /// Opens `name` with `flags` plus `O_NOFOLLOW|O_CLOEXEC`.

@@ -177,6 +177,12 @@ fn still_named(dir: &Dir, name: &str, lock: &Flock<File>) -> Result<bool> {
 }
 
 impl AttachmentLock {
+    /// Where the lock file is.
+    #[cfg(test)]
+    pub fn path(&self) -> std::path::PathBuf {
+        self.dir.join(&self.name)
+    }
+
     /// Removes the lock file while still holding the lock, then lets go. A waiter that gets the
     /// lock on the removed file notices (the name no longer leads to it) and starts again, so
     /// two processes never both believe they hold the attachment.
@@ -184,11 +190,6 @@ impl AttachmentLock {
         self.dir.remove(&self.name)?;
         drop(self.lock);
         Ok(())
-    }
-
-    /// Where the lock file is, for messages.
-    pub fn path(&self) -> std::path::PathBuf {
-        self.dir.join(&self.name)
     }
 }
 

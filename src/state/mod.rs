@@ -209,10 +209,6 @@ pub fn dir(state_dir: &Path, network: &str) -> PathBuf {
     state_dir.join("attachments").join(network)
 }
 
-pub fn path(state_dir: &Path, network: &str, container_id: &str, ifname: &str) -> PathBuf {
-    dir(state_dir, network).join(file_name_of(container_id, ifname))
-}
-
 /// The names that build a path, checked before they do.
 fn check(network: &str, container_id: &str, ifname: &str) -> Result<()> {
     crate::cni::config::validate_network_name(network)?;
