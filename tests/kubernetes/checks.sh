@@ -132,3 +132,17 @@ checks_teardown() {
     else s=$(node_state "$i"); bad "node-$i left (links leases records netns): $s"; fi
   done
 }
+
+# The host's token file on node-2 made stale (as after a rotation of the projected token) during
+# the drill; the agent must have put the current one back by the end of it.
+token_stale() {
+  cp "$W/n2/etc-cni/holdfast-token" "$W/token.real"
+  printf 'an-old-token' > "$W/n2/etc-cni/holdfast-token"
+  date +%s > "$W/token.stale"
+}
+token_current() {
+  local waited=$(( $(date +%s) - $(cat "$W/token.stale") ))
+  if cmp -s "$W/token.real" "$W/n2/etc-cni/holdfast-token" && [ "$(stat -c %a "$W/n2/etc-cni/holdfast-token")" = 600 ]; then
+    ok "node-2's agent replaced a stale host token file with the service account's (0600) within ${waited} s"
+  else bad "node-2's host token file is not the service account's token ${waited} s after it went stale"; fi
+}

@@ -5,7 +5,8 @@
 #     kubelet reaches the apiserver by its real address, as on RKE2. The node stays down until
 #     its cluster-info cache is older than refreshSeconds, so ADD has to try the API.
 #   cut-off: the API unreachable by every path (VIP and real address) for a minute while the
-#     kubelet replaces every sandbox of the node (their pause processes killed) from its own state.
+#     kubelet replaces every sandbox of the node (their pause processes killed) from its own
+#     state: once with the agent's cache fresh, once after it turned stale.
 # Prints one table row per phase: pods, time to all Running (the last pod container start that
 # containerd logged), CNI ADD p50/p99 as containerd timed them (its debug log), failures (failed
 # sandbox setups and network teardowns in containerd's log).
@@ -38,8 +39,11 @@ YAML
 
 # Pods of web and drill on node 1 (the ones the drill must bring back).
 node1_pods() { pods 'app in (web,drill)' | awk '$2 == "node-1"' | wc -l; }
-# Containerd log lines of node 1 since byte offset $1.
-ctrd_since() { tail -c +"$(( $1 + 1 ))" "$W/n1/containerd.log"; }
+# Containerd log lines of node 1 from byte offset $1 (to offset $2 if given).
+ctrd_since() {
+  if [ -n "${2:-}" ]; then tail -c +"$(( $1 + 1 ))" "$W/n1/containerd.log" | head -c "$(( $2 - $1 ))"
+  else tail -c +"$(( $1 + 1 ))" "$W/n1/containerd.log"; fi
+}
 ctrd_size() { stat -c %s "$W/n1/containerd.log"; }
 ts() { sed -n 's/^time="\([^"]*\)".*/\1/p' | head -1 | xargs -I{} date -d {} +%s.%N; }
 
@@ -56,19 +60,19 @@ time_to_running() {
 # "p50 p99 n" of the CNI ADDs (ms) containerd ran after offset $1: from its "begin cni setup"
 # to its "cni result" for the same sandbox (the whole conflist: loopback, holdfast, portmap).
 add_percentiles() {
-  ctrd_since "$1" | grep -E 'msg="(begin cni setup|cni result: )' | while read -r line; do
+  ctrd_since "$1" "${2:-}" | grep -E 'msg="(begin cni setup|cni result: )' | while read -r line; do
     echo "${line##*podsandboxid=} $(echo "$line" | ts) $(case $line in *'begin cni setup'*) echo start;; *) echo end;; esac)"
   done | awk '$3 == "start" {s[$1] = $2} $3 == "end" && ($1 in s) {print int(($2 - s[$1]) * 1000)}' | sort -n \
     | awk '{v[NR] = $1} END {if (NR == 0) {print "- - 0"; exit}
       i50 = int((NR - 1) * 0.50) + 1; i99 = int((NR - 1) * 0.99) + 1; print v[i50], v[i99], NR}'
 }
 failures() {
-  local a d; a=$(ctrd_since "$1" | grep -ci 'failed to setup network for sandbox\|RunPodSandbox for .* failed')
-  d=$(ctrd_since "$1" | grep -ci 'failed to destroy network for sandbox')
+  local a d; a=$(ctrd_since "$1" "${2:-}" | grep -ci 'failed to setup network for sandbox\|RunPodSandbox for .* failed')
+  d=$(ctrd_since "$1" "${2:-}" | grep -ci 'failed to destroy network for sandbox')
   echo "$a ADD, $d DEL"
 }
-teardowns_ok() { ctrd_since "$1" | grep -c 'TearDown network for sandbox .* successfully'; }
-fallbacks() { ctrd_since "$1" | grep -c 'using cluster info cached'; }
+teardowns_ok() { ctrd_since "$1" "${2:-}" | grep -c 'TearDown network for sandbox .* successfully'; }
+fallbacks() { ctrd_since "$1" "${2:-}" | grep -c 'using cluster info cached'; }
 cache_age() {
   local f="$W/n1/var-lib-cni/holdfast/cluster-info.json" t
   t=$(grep -o '"fetchedUnix": *[0-9]*' "$f" 2>/dev/null | grep -o '[0-9]*$')
@@ -122,28 +126,57 @@ drill_cold() {
     || bad "after the VIP returned: $(node_state 1), live pods $(node1_pods)"
 }
 
-drill_cutoff() {
-  local want off t0 rtime=""
-  want=$(node1_pods)
-  block 10.43.0.1; block 10.44.0.5
-  off=$(ctrd_size); t0=$(date +%s.%N)
+# Kills every sandbox of node 1: each has a PID namespace of its own, so its pause process is
+# found through node-1's cgroups.
+kill_sandboxes() {
   local p
-  # Each sandbox has a PID namespace of its own: its pause process is found by node-1's cgroups.
   for p in $(find "/sys/fs/cgroup/pids/$CGROOT-n1" -name cgroup.procs -exec cat {} + 2>/dev/null); do
     [ "$(tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null)" = "/bin/sleep 2147483647 " ] && kill -KILL "$p"
   done
-  local end=$(( $(date +%s) + 60 ))
+}
+# Kills node 1's sandboxes and waits up to $1 s for all $2 pods to run again; sets R_OFF, R_END,
+# R_TIME (empty if not all came back).
+sandbox_round() {
+  local limit=$1 want=$2 t0 end
+  R_OFF=$(ctrd_size); t0=$(date +%s.%N); R_TIME=""
+  kill_sandboxes
+  end=$(( $(date +%s) + limit ))
   while [ "$(date +%s)" -le "$end" ]; do
-    [ -z "$rtime" ] && rtime=$(time_to_running "$off" "$t0" "$want")
-    sleep 1
+    R_TIME=$(time_to_running "$R_OFF" "$t0" "$want"); [ -n "$R_TIME" ] && break; sleep 1
   done
+  sleep 2
+  R_END=$(ctrd_size)
+}
+
+# The API unreachable by every path from node 1 for at least a minute. Two rounds of sandbox
+# kills: one while the agent's cache is still fresh (no request at all), one once it is older
+# than refreshSeconds (each ADD must try the API, bounded by timeoutMs, and fall back).
+drill_cutoff() {
+  local want t_cut age1 age2 o1 e1 r1 o2 e2 r2 p50 p99 n
+  want=$(node1_pods)
+  block 10.43.0.1; block 10.44.0.5
+  t_cut=$(date +%s)
+  age1=$(cache_age)
+  sandbox_round 40 "$want"; o1=$R_OFF; e1=$R_END; r1=$R_TIME
+  age2=$(cache_age)
+  [ "$age2" -le "$REFRESH" ] && sleep $(( REFRESH - age2 + 2 ))
+  age2=$(cache_age)
+  sandbox_round 40 "$want"; o2=$R_OFF; e2=$R_END; r2=$R_TIME
+  local left=$(( t_cut + 60 - $(date +%s) ))
+  [ "$left" -gt 0 ] && sleep "$left"
   unblock 10.44.0.5; unblock 10.43.0.1
-  read -r p50 p99 n <<<"$(add_percentiles "$off")"
-  ROW2=$(row "API unreachable by every path for 60 s" "$want" "${rtime:-not in 60 s}" "$p50 / $p99 ms" "$(failures "$off")")
-  [ -n "$rtime" ] && ok "API cut off: the kubelet restarted all $want sandboxes from its own state, Running ${rtime} s after the kill ($(fallbacks "$off") ADDs fell back to the cache)" \
-    || bad "API cut off: not all $want pods restarted within 60 s"
-  [ "$(failures "$off")" = "0 ADD, 0 DEL" ] && ok "while cut off: every ADD and DEL succeeded ($(teardowns_ok "$off") teardowns)" \
-    || bad "while cut off: $(failures "$off")"
+  echo "kubernetes e2e: API cut off from node-1 for $(( $(date +%s) - t_cut )) s"
+  read -r p50 p99 n <<<"$(add_percentiles "$o1" "$e1")"
+  ROW2=$(row "API cut off by every path, cache ${age1} s old" "$want" "${r1:-not in 40 s}" "$p50 / $p99 ms" "$(failures "$o1" "$e1")")
+  [ -n "$r1" ] && ok "API cut off, cache fresh: the kubelet restarted all $want sandboxes from its own state, Running ${r1} s after the kill (ADD p99 $p99 ms)" \
+    || bad "API cut off, cache fresh: not all $want pods restarted within 40 s"
+  read -r p50 p99 n <<<"$(add_percentiles "$o2" "$e2")"
+  ROW3=$(row "API still cut off, cache ${age2} s old (stale)" "$want" "${r2:-not in 40 s}" "$p50 / $p99 ms" "$(failures "$o2" "$e2")")
+  [ -n "$r2" ] && [ "$n" -ge "$want" ] && [ "${p99:-99999}" -le $(( TIMEOUT_MS + 500 )) ] \
+    && ok "API cut off, cache stale: all $want Running ${r2} s after the kill, $n ADDs each bounded by timeoutMs (p99 $p99 ms), $(fallbacks "$o2" "$e2") fallback warnings in containerd's log" \
+    || bad "API cut off, cache stale: Running after '${r2}' s, $n ADDs, p99 $p99 ms"
+  [ "$(failures "$o1")" = "0 ADD, 0 DEL" ] && ok "while cut off: every ADD and DEL succeeded ($(teardowns_ok "$o1") teardowns)" \
+    || bad "while cut off: $(failures "$o1")"
   wait_for 60 leases_match && ok "API back: leases = records = links = live pods ($(node1_pods))" \
     || bad "after the cut-off (links leases records netns): $(node_state 1), live pods $(node1_pods)"
 }
@@ -158,5 +191,6 @@ drill() {
   row "---" "---" "---" "---" "---"
   echo "$ROW1"
   [ -n "${ROW2:-}" ] && echo "$ROW2"
+  [ -n "${ROW3:-}" ] && echo "$ROW3"
   echo
 }

@@ -83,7 +83,9 @@ ok "control plane up in netns $CP: etcd, kube-apiserver 1.20.2, controller-manag
 for i in 1 2; do node_files "$i"; node_net "$i"; boot_node "$i"; done
 checks_install
 checks_pods
+token_stale
 drill
+token_current
 checks_teardown
 echo "kubernetes e2e: cluster run took $(( $(date +%s) - T_UP )) s"
 echo "kubernetes e2e: $pass passed, $fail failed"
