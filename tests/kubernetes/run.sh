@@ -26,7 +26,8 @@ W=$(mktemp -d "/tmp/$TAG.XXXX")
 CGROOT=$(basename "$W")
 CP="$TAG-cp"
 mkdir -p "$W/images"
-read -r _ IMAGE < <(scripts/build-image.sh "$W/images/holdfast.tar") || { echo "kubernetes e2e: image build failed"; exit 1; }
+read -r _ IMAGE < <(scripts/build-image.sh "$W/images/holdfast.tar")
+[ -s "$W/images/holdfast.tar" ] || { echo "kubernetes e2e: image build failed"; exit 1; }
 tests/containerd/image.sh "$W/images/busybox.tar" docker.io/hf/busybox:e2e
 tests/containerd/image.sh "$W/images/pause.tar" docker.io/hf/pause:e2e '["/bin/sleep","2147483647"]'
 echo "kubernetes e2e: binaries, image and release build ready in $(( $(date +%s) - T_BUILD )) s"
@@ -80,6 +81,8 @@ source tests/kubernetes/drill.sh
 T_UP=$(date +%s)
 pki && control_plane || { bad "control plane did not come up"; echo "kubernetes e2e: $pass passed, $fail failed"; exit 1; }
 ok "control plane up in netns $CP: etcd, kube-apiserver 1.20.2, controller-manager, scheduler"
+grep -q "image: $IMAGE\$" conf/kubernetes/holdfast.yaml && ok "scripts/build-image.sh built $IMAGE, the image conf/kubernetes/holdfast.yaml names" \
+  || bad "conf/kubernetes/holdfast.yaml does not name the image scripts/build-image.sh built ($IMAGE)"
 for i in 1 2; do node_files "$i"; node_net "$i"; boot_node "$i"; done
 checks_install
 checks_pods
