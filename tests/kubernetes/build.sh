@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds kubelet, kube-proxy, kube-controller-manager and kube-scheduler 1.20.2 in the source tree
-# (and with the Go cache) that tests/apiserver/build.sh prepared, so the build is incremental;
+# that tests/apiserver/build.sh prepared, so the build is incremental (the Makefile keeps its Go
+# cache in the tree, _output/local/go/cache, whatever GOCACHE says);
 # extracts kubectl 1.20.2 from Debian's kubernetes-client .deb (the package cannot be installed
 # where another package owns /usr/bin/kubectl). Once per machine. Prints the bin dir on stdout.
 #
@@ -28,7 +29,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   log "building ${missing[*]} (many minutes, once)"
   (
     cd "$TREE"
-    export PATH=/usr/lib/go-1.19/bin:$PATH GOFLAGS=-mod=vendor GO111MODULE=on GOCACHE="$CACHE/gocache"
+    export PATH=/usr/lib/go-1.19/bin:$PATH GOFLAGS=-mod=vendor GO111MODULE=on
     make WHAT="${missing[*]/#/cmd/}" >&2
   )
   for b in "${missing[@]}"; do
