@@ -47,14 +47,16 @@ ctrd_since() {
 ctrd_size() { stat -c %s "$W/n1/containerd.log"; }
 ts() { sed -n 's/^time="\([^"]*\)".*/\1/p' | head -1 | xargs -I{} date -d {} +%s.%N; }
 
-# Seconds from $2 (epoch) to the start of the Nth web/drill container containerd logged after
-# offset $1; empty if fewer started.
+# Seconds from $2 (epoch) to the last start of the web/drill containers containerd created after
+# offset $1, once at least $3 of them started; empty before.
 time_to_running() {
-  local off=$1 t0=$2 want=$3 ids last
+  local off=$1 t0=$2 want=$3 ids started last
   ids=$(ctrd_since "$off" | grep 'CreateContainer within sandbox' | grep -E 'Name:(web|drill),' \
     | grep -o 'returns container id \\"[0-9a-f]*' | grep -o '[0-9a-f]*$')
   [ "$(echo "$ids" | grep -c .)" -ge "$want" ] || return 0
-  last=$(for id in $ids; do ctrd_since "$off" | grep "StartContainer for \\\\\"$id\\\\\" returns successfully" | ts; done | sort -n | tail -1)
+  started=$(for id in $ids; do ctrd_since "$off" | grep "StartContainer for \\\\\"$id\\\\\" returns successfully" | ts; done)
+  [ "$(echo "$started" | grep -c .)" -ge "$want" ] || return 0
+  last=$(echo "$started" | sort -n | tail -1)
   [ -n "$last" ] && awk -v a="$t0" -v b="$last" 'BEGIN {printf "%.1f", b - a}'
 }
 # "p50 p99 n" of the CNI ADDs (ms) containerd ran after offset $1: from its "begin cni setup"
