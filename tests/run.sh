@@ -36,8 +36,9 @@ echo "== cargo test"
 # the failpoints of tests/crash.rs are compiled into the test build (never into a release).
 cargo test --all-targets --locked --features failpoints -- --include-ignored 2>&1 | tee "$log"
 
-# End to end, as root: a real containerd, and a real kube-apiserver (built once per machine).
-for e2e in tests/containerd/run.sh tests/apiserver/run.sh; do
+# End to end, as root: a real containerd, a real kube-apiserver, and a two-node Kubernetes cluster
+# with holdfast installed by its DaemonSet (Kubernetes is built once per machine).
+for e2e in tests/containerd/run.sh tests/apiserver/run.sh tests/kubernetes/run.sh; do
   echo "== $e2e"
   if [ "$(id -u)" -eq 0 ]; then
     "$e2e" 2>&1 | tee -a "$log"

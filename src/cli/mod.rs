@@ -1,8 +1,10 @@
 //! The process edge: reads the environment and stdin, runs a verb or a subcommand, writes the
 //! one result (or error JSON) to stdout and picks the exit code.
 
+mod agent;
 mod conffile;
 mod doctor;
+mod install;
 mod logging;
 
 use crate::cni::config::{config_version, read_json};
@@ -103,6 +105,10 @@ fn about() -> String {
          {NAME} sync [--conf PATH]     refresh the cluster-info cache now\n  \
          {NAME} doctor [--conf PATH] [--json]\n                               \
          what needs attention on this node (exit 1 if anything)\n  \
+         {NAME} install [--bin-dir DIR] [--conf-dir DIR] [--conflist FILE]\n                               \
+         put holdfast on this node (DaemonSet init container)\n  \
+         {NAME} agent [--conf PATH] [--check]\n                               \
+         keep the cache warm and the token current (DaemonSet)\n  \
          {NAME} version                print this text\n",
         SUPPORTED.join(", ")
     )
@@ -116,6 +122,8 @@ fn subcommand(args: Vec<String>) -> i32 {
         }
         Some("sync") => sync(&args[1..]),
         Some("doctor") => doctor_cmd(&args[1..]),
+        Some("install") => install::main(&args[1..]),
+        Some("agent") => agent::main(&args[1..]),
         Some(other) => {
             eprintln!("{NAME}: unknown subcommand {other:?}\n");
             eprint!("{}", about());

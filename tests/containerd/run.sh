@@ -2,7 +2,8 @@
 # holdfast under a real containerd (Debian's 1.6, runc), all inside a private node netns and a
 # private mount namespace (ctr and containerd 1.6 hard-code /etc/cni/net.d, /opt/cni/bin,
 # /var/lib/cni, /run/containerd and /var/run/netns; they are overlaid with directories of this
-# run). No registry is reachable: the image is built from busybox-static and imported.
+# run). No registry is reachable: the image is built from busybox-static and imported. The CNI
+# config is conf/10-holdfast-portmap.conflist as shipped (holdfast, then Debian's portmap).
 #   `ctr run --cni`: the container gets its address from holdfast, pings the node, the node pings
 #   it; when it exits ctr runs DEL (empty CNI_NETNS) and nothing is left.
 #   CRI, as the kubelet drives it (tests/containerd/cri.rs, a small gRPC client: Debian has no
@@ -49,13 +50,14 @@ exit \$rc
 SH
 chmod +x "$WORK/opt-cni/holdfast"
 cp /usr/lib/cni/{loopback,host-local,portmap,bandwidth} "$WORK/opt-cni/"
-cat > "$WORK/etc-cni/10-holdfast.conflist" <<JSON
-{"cniVersion": "1.0.0", "name": "holdfast-e2e", "plugins": [
-  {"type": "holdfast", "stateDir": "$WORK/hf", "logFile": "$WORK/holdfast.log", "logLevel": "debug",
-   "capabilities": {"bandwidth": true},
-   "ipam": {"ranges": [[{"subnet": "10.70.0.0/24"}]], "routes": [{"dst": "0.0.0.0/0"}]}}
-]}
-JSON
+# The conflist as shipped: holdfast, then Debian's portmap (a DEL that portmap cannot read never
+# reaches holdfast). Default stateDir /var/lib/cni/holdfast, which is $WORK/var-lib-cni here.
+CONFLIST=conf/10-holdfast-portmap.conflist
+cp "$CONFLIST" "$WORK/etc-cni/"
+NET=$(sed -n 's/^ *"name": *"\([^"]*\)".*/\1/p' "$CONFLIST" | head -1)
+SUBNET=$(grep -o '"subnet": *"[0-9./]*"' "$CONFLIST" | head -1 | grep -o '[0-9][0-9./]*')
+PREFIX=${SUBNET%.0/*}           # 10.85.0 of 10.85.0.0/16
+MASK=${SUBNET#*/}
 cat > "$WORK/config.toml" <<TOML
 version = 2
 root = "$WORK/root"
@@ -74,7 +76,9 @@ tests/containerd/image.sh "$WORK/pause.tar" docker.io/hf/pause:e2e '["/bin/sleep
 
 cat > "$WORK/inner.sh" <<'INNER'
 set -uo pipefail
-WORK=$1; CRIBIN=$2
+WORK=$1; CRIBIN=$2; NET=$3; PREFIX=$4; MASK=$5
+HFSTATE=$WORK/var-lib-cni/holdfast
+GW=$PREFIX.1
 pass=0; fail=0
 ok()  { pass=$((pass+1)); echo "ok   - $*"; }
 bad() { fail=$((fail+1)); echo "FAIL - $*"; }
@@ -89,21 +93,20 @@ ctr version >/dev/null 2>&1 && ok "containerd $(containerd --version | awk '{pri
 ctr images import "$WORK/busybox.tar" >/dev/null 2>&1 && ok "busybox image imported offline" || bad "ctr images import"
 
 ctr run --rm --cni docker.io/hf/busybox:e2e c1 sh -c \
-  'ip -4 -o addr show eth0; ping -c1 -W2 10.70.0.1 >/dev/null && echo POD-PINGS-NODE; sleep 4' >"$WORK/c1.out" 2>&1 &
+  "ip -4 -o addr show eth0; ping -c1 -W2 $GW >/dev/null && echo POD-PINGS-NODE; sleep 4" >"$WORK/c1.out" 2>&1 &
 RUN=$!
-rec="$WORK/hf/attachments/holdfast-e2e/e2e-c1@eth0.json"
+rec="$HFSTATE/attachments/$NET/e2e-c1@eth0.json"
 for _ in $(seq 1 100); do [ -f "$rec" ] && break; sleep 0.1; done
-ipaddr=$(grep -o '"10\.70\.0\.[0-9]*"' "$rec" 2>/dev/null | head -1 | tr -d '"')
-if [ -n "$ipaddr" ]; then ok "ADD from ctr: the container got $ipaddr"; else bad "no attachment record for the container ($(ls "$WORK/hf/attachments/holdfast-e2e" 2>&1))"; fi
+ipaddr=$(grep -o "\"$PREFIX\.[0-9]*\"" "$rec" 2>/dev/null | head -1 | tr -d '"')
+if [ -n "$ipaddr" ]; then ok "ADD from ctr: the container got $ipaddr"; else bad "no attachment record for the container ($(ls "$HFSTATE/attachments/$NET" 2>&1))"; fi
 sleep 1
 ping -c1 -W2 "$ipaddr" >/dev/null 2>&1 && ok "the node pings the container at $ipaddr" || bad "the node cannot ping $ipaddr"
 wait "$RUN"
-grep -q POD-PINGS-NODE "$WORK/c1.out" && ok "the container pings the node (10.70.0.1)" || bad "container output: $(cat "$WORK/c1.out")"
-grep -q "inet $ipaddr/24" "$WORK/c1.out" && ok "inside the container eth0 has $ipaddr/24" || bad "container eth0: $(head -1 "$WORK/c1.out")"
-grep -q 'CNI_NETNS\|netns' "$WORK/holdfast.log" >/dev/null 2>&1
+grep -q POD-PINGS-NODE "$WORK/c1.out" && ok "the container pings the node ($GW)" || bad "container output: $(cat "$WORK/c1.out")"
+grep -q "inet $ipaddr/$MASK" "$WORK/c1.out" && ok "inside the container eth0 has $ipaddr/$MASK" || bad "container eth0: $(head -1 "$WORK/c1.out")"
 left_links=$(ip -o link | grep -c ': hf')
-left_recs=$(ls "$WORK/hf/attachments/holdfast-e2e" 2>/dev/null | wc -l)
-left_leases=$(ls "$WORK/hf/ipam/holdfast-e2e" 2>/dev/null | grep -c '^10\.')
+left_recs=$(ls "$HFSTATE/attachments/$NET" 2>/dev/null | wc -l)
+left_leases=$(ls "$HFSTATE/ipam/$NET" 2>/dev/null | grep -c '^10\.')
 if [ "$left_links$left_recs$left_leases" = 000 ]; then ok "after exit ctr ran DEL: no link, record or lease left"
 else bad "left after exit: $left_links links, $left_recs records, $left_leases leases"; fi
 
@@ -116,7 +119,7 @@ ctr -n k8s.io images import "$WORK/pause.tar" >/dev/null 2>&1 && ok "pause image
 SB=$(cri run web-0 e2e-ns 2f9c7a1e-e2e kubernetes.io/ingress-bandwidth=10M kubernetes.io/egress-bandwidth=20M 2>"$WORK/cri.err")
 if [ -n "$SB" ]; then ok "RunPodSandbox: sandbox ${SB:0:12}"; else bad "RunPodSandbox: $(cat "$WORK/cri.err")"; tail -5 "$WORK/containerd.log"; fi
 podip=$(cri ip "$SB" 2>&1)
-case "$podip" in 10.70.0.*) ok "PodSandboxStatus: the pod got $podip from holdfast";; *) bad "PodSandboxStatus: $podip";; esac
+case "$podip" in "$PREFIX".*) ok "PodSandboxStatus: the pod got $podip from holdfast";; *) bad "PodSandboxStatus: $podip";; esac
 ping -c1 -W2 "$podip" >/dev/null 2>&1 && ok "the node pings the pod at $podip" || bad "the node cannot ping $podip"
 add=$(calls "$SB" ADD | head -1)
 if [ -n "$add" ] && grep -q '"IngressRate":10000000' "$add.stdin" && grep -q '"IngressBurst":4294967295' "$add.stdin" \
@@ -137,7 +140,7 @@ podns=$(grep '^CNI_NETNS=' "$add.env" 2>/dev/null | cut -d= -f2)
 iperf3 -s -1 -p 5202 >/dev/null 2>&1 &
 IPERF=$!
 sleep 0.3
-mbit=$(nsenter --net="$podns" iperf3 -c 10.70.0.1 -p 5202 -t 5 -R -J 2>/dev/null | grep -A8 '"sum_received"' \
+mbit=$(nsenter --net="$podns" iperf3 -c "$GW" -p 5202 -t 5 -R -J 2>/dev/null | grep -A8 '"sum_received"' \
   | grep -m1 '"bits_per_second"' | grep -oE '[0-9.]+(e[+-]?[0-9]+)?' | awk '{printf "%.2f", $1/1e6}')
 kill "$IPERF" 2>/dev/null; wait "$IPERF" 2>/dev/null
 if [ -n "$mbit" ] && awk -v m="$mbit" 'BEGIN {exit !(m > 0 && m <= 11)}'; then ok "iperf3 into the pod over 5 s: $mbit Mbit/s at a 10M annotation"
@@ -154,8 +157,8 @@ if [ "$ndel" -ge 2 ] && [ "$nok" = "$ndel" ]; then ok "containerd ran DEL $ndel 
 else bad "DELs: $ndel, succeeded: $nok"; fi
 left_links=$(ip -o link | grep -c ': hf')
 left_qd=$(tc qdisc show | grep -c 'dev hf')
-left_recs=$(ls "$WORK/hf/attachments/holdfast-e2e" 2>/dev/null | wc -l)
-left_leases=$(ls "$WORK/hf/ipam/holdfast-e2e" 2>/dev/null | grep -c '^10\.')
+left_recs=$(ls "$HFSTATE/attachments/$NET" 2>/dev/null | wc -l)
+left_leases=$(ls "$HFSTATE/ipam/$NET" 2>/dev/null | grep -c '^10\.')
 left_sb=$(cri list 2>&1 | grep -c .)
 if [ "$left_links$left_qd$left_recs$left_leases$left_sb" = 00000 ]; then ok "after the sandbox is removed: no link, ifb, qdisc, record, lease or sandbox left"
 else bad "left after RemovePodSandbox: $left_links links, $left_qd qdiscs, $left_recs records, $left_leases leases, $left_sb sandboxes"; fi
@@ -165,4 +168,4 @@ echo "containerd e2e: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]
 INNER
 # nsenter, not `ip netns exec`: the latter remounts /sys and hides the cgroup mounts runc needs.
-nsenter --net="/var/run/netns/$NODE" unshare -m --propagation private bash "$WORK/inner.sh" "$WORK" "$CRI"
+nsenter --net="/var/run/netns/$NODE" unshare -m --propagation private bash "$WORK/inner.sh" "$WORK" "$CRI" "$NET" "$PREFIX" "$MASK"

@@ -1,0 +1,182 @@
+# Sourced by tests/kubernetes/run.sh: the control plane and the nodes (flags as measured in
+# ../shared/findings/kubernetes-node.md).
+
+# A CA, the apiserver's serving certificate (VIP, real address, kubernetes.default names), the
+# service-account key pair, a token per component.
+pki() {
+  local d="$W/pki"; mkdir -p "$d"
+  (
+    cd "$d" || exit 1
+    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=kn-e2e-ca -keyout ca.key -out ca.crt 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -subj /CN=kube-apiserver -keyout apiserver.key -out apiserver.csr 2>/dev/null
+    printf 'subjectAltName=IP:10.43.0.1,IP:10.44.0.5,IP:127.0.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local\n' > san.ext
+    openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile san.ext -out apiserver.crt 2>/dev/null
+    openssl genrsa -out sa.key 2048 2>/dev/null && openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
+  ) || return 1
+  tok() { head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
+  ADMIN=$(tok); KCM=$(tok); SCHED=$(tok); PROXY=$(tok); NODE1=$(tok); NODE2=$(tok)
+  cat > "$d/tokens.csv" <<CSV
+$ADMIN,admin,1,system:masters
+$KCM,system:kube-controller-manager,2,system:masters
+$SCHED,system:kube-scheduler,3,system:masters
+$PROXY,system:kube-proxy,4,
+$NODE1,system:node:node-1,5,system:nodes
+$NODE2,system:node:node-2,6,system:nodes
+CSV
+  kubeconfig "$W/admin.kubeconfig" "$ADMIN"
+  kubeconfig "$W/kcm.kubeconfig" "$KCM"
+  kubeconfig "$W/scheduler.kubeconfig" "$SCHED"
+  : > "$W/resolv.conf"
+}
+kubeconfig() { # FILE TOKEN: the apiserver by its real address
+  cat > "$1" <<KC
+apiVersion: v1
+kind: Config
+clusters: [{name: kn, cluster: {server: "https://10.44.0.5:6443", certificate-authority: "$W/pki/ca.crt"}}]
+users: [{name: u, user: {token: "$2"}}]
+contexts: [{name: c, context: {cluster: kn, user: u}}]
+current-context: c
+KC
+}
+
+# Started with nsenter directly (not through a function), so $! is the server itself.
+control_plane() {
+  ip netns add "$CP" || return 1
+  ip -n "$CP" link set lo up
+  ip -n "$CP" link add kbr0 type bridge
+  ip -n "$CP" addr add 10.44.0.5/24 dev kbr0
+  ip -n "$CP" link set kbr0 up
+  in_cp sysctl -qw net.ipv4.ip_forward=1
+  local P="$W/pki"
+  nsenter --net="/var/run/netns/$CP" etcd --data-dir "$W/etcd" --listen-client-urls http://127.0.0.1:2379 \
+    --advertise-client-urls http://127.0.0.1:2379 --listen-peer-urls http://127.0.0.1:2380 \
+    --initial-advertise-peer-urls http://127.0.0.1:2380 --initial-cluster default=http://127.0.0.1:2380 \
+    >"$W/etcd.log" 2>&1 &
+  PIDS+=($!)
+  nsenter --net="/var/run/netns/$CP" "$K/kube-apiserver" --etcd-servers=http://127.0.0.1:2379 --secure-port=6443 --bind-address=0.0.0.0 \
+    --advertise-address=10.44.0.5 --insecure-port=0 --tls-cert-file="$P/apiserver.crt" \
+    --tls-private-key-file="$P/apiserver.key" --client-ca-file="$P/ca.crt" --token-auth-file="$P/tokens.csv" \
+    --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction \
+    --service-account-key-file="$P/sa.pub" --service-account-signing-key-file="$P/sa.key" \
+    --service-account-issuer=https://kubernetes.default.svc.cluster.local --service-cluster-ip-range=10.43.0.0/16 \
+    --allow-privileged=true --kubelet-preferred-address-types=InternalIP --profiling=false --v=1 \
+    >"$W/apiserver.log" 2>&1 &
+  PIDS+=($!)
+  local up=""
+  for _ in $(seq 1 240); do
+    kc get --raw /readyz >/dev/null 2>&1 && { up=1; break; }
+    sleep 0.5
+  done
+  [ -n "$up" ] || { tail -20 "$W/apiserver.log"; return 1; }
+  nsenter --net="/var/run/netns/$CP" "$K/kube-controller-manager" --kubeconfig="$W/kcm.kubeconfig" --authentication-kubeconfig="$W/kcm.kubeconfig" \
+    --authorization-kubeconfig="$W/kcm.kubeconfig" --leader-elect=false --port=0 --bind-address=127.0.0.1 \
+    --secure-port=10257 --cert-dir="$W/kcm-certs" --allocate-node-cidrs=true --cluster-cidr=10.42.0.0/16 \
+    --node-cidr-mask-size=24 --service-cluster-ip-range=10.43.0.0/16 --service-account-private-key-file="$P/sa.key" \
+    --root-ca-file="$P/ca.crt" --cluster-signing-cert-file="$P/ca.crt" --cluster-signing-key-file="$P/ca.key" \
+    --use-service-account-credentials=false --v=1 >"$W/kcm.log" 2>&1 &
+  PIDS+=($!)
+  nsenter --net="/var/run/netns/$CP" "$K/kube-scheduler" --kubeconfig="$W/scheduler.kubeconfig" --authentication-kubeconfig="$W/scheduler.kubeconfig" \
+    --authorization-kubeconfig="$W/scheduler.kubeconfig" --leader-elect=false --port=0 --bind-address=127.0.0.1 \
+    --secure-port=10259 --cert-dir="$W/sched-certs" --v=2 >"$W/scheduler.log" 2>&1 &
+  PIDS+=($!)
+}
+
+# Node I's files: containerd and kube-proxy configs, kubeconfigs, the reference plugins Debian
+# ships (no holdfast: the DaemonSet installs it).
+node_files() {
+  local i=$1 N="$W/n$1"
+  mkdir -p "$N"/{opt-cni,etc-cni,containerd/root,containerd/opt,volume-plugins}
+  cp /usr/lib/cni/{loopback,host-local,portmap,bandwidth} "$N/opt-cni/"
+  cat > "$N/containerd.toml" <<TOML
+version = 2
+root = "$N/containerd/root"
+state = "/run/containerd"
+oom_score = 0
+[grpc]
+  address = "$N/containerd.sock"
+[debug]
+  address = ""
+[metrics]
+  address = ""
+[plugins."io.containerd.internal.v1.opt"]
+  path = "$N/containerd/opt"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "docker.io/hf/pause:e2e"
+  restrict_oom_score_adj = true
+  disable_tcp_service = true
+  stream_server_address = "127.0.0.1"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/opt/cni/bin"
+    conf_dir = "/etc/cni/net.d"
+    max_conf_num = 1
+TOML
+  local tok; tok=$([ "$i" = 1 ] && echo "$NODE1" || echo "$NODE2")
+  kubeconfig "$N/kubelet.kubeconfig" "$tok"
+  kubeconfig "$N/kube-proxy.kubeconfig" "$PROXY"
+  cat > "$N/kube-proxy.yaml" <<YAML
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+clientConnection: {kubeconfig: "$N/kube-proxy.kubeconfig"}
+mode: iptables
+clusterCIDR: 10.42.0.0/16
+hostnameOverride: node-$i
+bindAddress: 10.44.0.$((10 + i))
+healthzBindAddress: 127.0.0.1:10256
+metricsBindAddress: 127.0.0.1:10249
+oomScoreAdj: 0
+conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}
+iptables: {syncPeriod: 30s, minSyncPeriod: 1s}
+YAML
+  # The node's cgroup root, on this cgroup-v1 machine, in every hierarchy.
+  for h in /sys/fs/cgroup/*/; do
+    [ -L "${h%/}" ] && continue
+    mkdir -p "$h$CGROOT-n$i"
+  done
+  cat /sys/fs/cgroup/cpuset/cpuset.cpus > "/sys/fs/cgroup/cpuset/$CGROOT-n$i/cpuset.cpus"
+  cat /sys/fs/cgroup/cpuset/cpuset.mems > "/sys/fs/cgroup/cpuset/$CGROOT-n$i/cpuset.mems"
+}
+
+# Node I's network from scratch (as at boot): netns, eth0 on the control plane's bridge.
+node_net() {
+  local i=$1 ns="$TAG-n$1" ip="10.44.0.$((10 + $1))"
+  ip netns del "$ns" 2>/dev/null
+  ip netns add "$ns" || return 1
+  ip -n "$CP" link del "kn$i" 2>/dev/null
+  ip -n "$CP" link add "kn$i" type veth peer name eth0 netns "$ns"
+  ip -n "$CP" link set "kn$i" master kbr0 up
+  ip -n "$ns" link set lo up
+  ip -n "$ns" addr add "$ip/24" dev eth0
+  ip -n "$ns" link set eth0 up
+  ip -n "$ns" route add default via 10.44.0.5
+  nsenter --net="/var/run/netns/$ns" sysctl -qw net.ipv4.ip_forward=1
+}
+
+# Boots node I (MODE no-proxy: without kube-proxy). Records the PID namespace for pids_of_node.
+boot_node() {
+  local i=$1 mode=${2:-}
+  nsenter --net="/var/run/netns/$TAG-n$i" unshare -m -u -p --fork --kill-child --mount-proc \
+    --propagation private bash "$ROOT/tests/kubernetes/node.sh" "$W" "$i" "$K" "$mode" &
+  NODEPID[$i]=$!
+  local child=""
+  for _ in $(seq 1 50); do
+    child=$(cat "/proc/${NODEPID[$i]}/task/${NODEPID[$i]}/children" 2>/dev/null | awk '{print $1}')
+    [ -n "$child" ] && break; sleep 0.05
+  done
+  readlink "/proc/$child/ns/pid" > "$W/n$i/pidns"
+}
+
+# The cloud route table: each node's podCIDR via that node, on the control plane's router.
+node_routes() {
+  local i cidr
+  for i in 1 2; do
+    cidr=$(kc get node "node-$i" -o jsonpath='{.spec.podCIDR}' 2>/dev/null)
+    [ -n "$cidr" ] && ip -n "$CP" route replace "$cidr" via "10.44.0.$((10 + i))"
+  done
+}

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# A real two-node Kubernetes 1.20 cluster with holdfast installed by its DaemonSet, then the
+# incident's night replayed on one node. Everything runs in namespaces made here, never in the
+# machine's root netns and never touching a machine-wide sysctl:
+#   netns CP: etcd, kube-apiserver (10.44.0.5:6443, service VIP 10.43.0.1), controller-manager
+#     (allocates node podCIDRs from 10.42.0.0/16), scheduler; bridge kbr0 and the routes to each
+#     node's podCIDR (the "cloud route table");
+#   node I (1, 2): its own netns (eth0 10.44.0.1I on kbr0), mount, UTS and PID namespace
+#     (tests/kubernetes/node.sh): containerd 1.6, kubelet, kube-proxy (iptables, serves the VIP).
+# conf/kubernetes/holdfast.yaml is applied as shipped with the image of scripts/build-image.sh;
+# nothing is installed on the nodes by hand (they start with Debian's reference plugins only).
+# Every process is started and stopped by PID, also when the run fails (trap).
+# Run as root; prints one line per check and "kubernetes e2e: N passed, M failed".
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+[ "$(id -u)" -eq 0 ] || { echo "kubernetes e2e: needs root"; exit 1; }
+for p in etcd-server containerd runc busybox-static containernetworking-plugins iptables openssl; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' \
+    || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$p" >/dev/null
+done
+T_BUILD=$(date +%s)
+K=$(tests/kubernetes/build.sh) || { echo "kubernetes e2e: could not build Kubernetes"; exit 1; }
+TAG="kn$$"
+W=$(mktemp -d "/tmp/$TAG.XXXX")
+CGROOT=$(basename "$W")
+CP="$TAG-cp"
+mkdir -p "$W/images"
+read -r _ IMAGE < <(scripts/build-image.sh "$W/images/holdfast.tar")
+[ -s "$W/images/holdfast.tar" ] || { echo "kubernetes e2e: image build failed"; exit 1; }
+tests/containerd/image.sh "$W/images/busybox.tar" docker.io/hf/busybox:e2e
+tests/containerd/image.sh "$W/images/pause.tar" docker.io/hf/pause:e2e '["/bin/sleep","2147483647"]'
+echo "kubernetes e2e: binaries, image and release build ready in $(( $(date +%s) - T_BUILD )) s"
+
+pass=0; fail=0
+ok()  { pass=$((pass+1)); echo "ok   - $*"; }
+bad() { fail=$((fail+1)); echo "FAIL - $*"; }
+PIDS=()
+declare -A NODEPID=()
+# TERM, then KILL after a deadline (kube-apiserver may linger after TERM).
+stop_pid() {
+  kill "$1" 2>/dev/null || return 0
+  for _ in $(seq 1 50); do kill -0 "$1" 2>/dev/null || break; sleep 0.2; done
+  kill -KILL "$1" 2>/dev/null; wait "$1" 2>/dev/null
+}
+stop_node() { # I: the cold stop; every process of the node's PID namespace dies with it
+  local p=${NODEPID[$1]:-}
+  [ -n "$p" ] || return 0
+  kill -KILL "$p" 2>/dev/null; wait "$p" 2>/dev/null
+  NODEPID[$1]=""
+  for _ in $(seq 1 50); do [ -z "$(pids_of_node "$1")" ] && break; sleep 0.1; done
+}
+cleanup() {
+  set +e
+  for i in 1 2; do stop_node "$i"; done
+  for ((n=${#PIDS[@]}-1; n>=0; n--)); do stop_pid "${PIDS[$n]}"; done
+  for i in 1 2; do ip netns del "$TAG-n$i" 2>/dev/null; done
+  ip netns del "$CP" 2>/dev/null
+  for d in /sys/fs/cgroup/*/"$CGROOT-n"[12]; do
+    [ -d "$d" ] && find "$d" -depth -type d -exec rmdir {} + 2>/dev/null
+  done
+  if [ -n "${KEEP:-}" ]; then echo "kept $W"; else rm -rf "$W" 2>/dev/null || { sleep 1; rm -rf "$W"; }; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+in_cp() { nsenter --net="/var/run/netns/$CP" "$@"; }
+kc() { in_cp "$K/kubectl" --kubeconfig="$W/admin.kubeconfig" "$@"; }
+# Global PIDs of the processes in node I's PID namespace.
+pids_of_node() {
+  local f="$W/n$1/pidns"
+  [ -f "$f" ] || return 0
+  local ns; ns=$(cat "$f")
+  for p in /proc/[0-9]*; do [ "$(readlink "$p/ns/pid" 2>/dev/null)" = "$ns" ] && echo "${p#/proc/}"; done
+}
+# ---------------------------------------------------------------------------------------------
+source tests/kubernetes/cluster.sh
+source tests/kubernetes/checks.sh
+source tests/kubernetes/drill.sh
+
+T_UP=$(date +%s)
+pki && control_plane || { bad "control plane did not come up"; echo "kubernetes e2e: $pass passed, $fail failed"; exit 1; }
+ok "control plane up in netns $CP: etcd, kube-apiserver 1.20.2, controller-manager, scheduler"
+grep -q "image: $IMAGE\$" conf/kubernetes/holdfast.yaml && ok "scripts/build-image.sh built $IMAGE, the image conf/kubernetes/holdfast.yaml names" \
+  || bad "conf/kubernetes/holdfast.yaml does not name the image scripts/build-image.sh built ($IMAGE)"
+for i in 1 2; do node_files "$i"; node_net "$i"; boot_node "$i"; done
+checks_install
+checks_pods
+token_stale
+drill
+token_current
+checks_teardown
+echo "kubernetes e2e: cluster run took $(( $(date +%s) - T_UP )) s"
+echo "kubernetes e2e: $pass passed, $fail failed"
+[ "$fail" -eq 0 ]
