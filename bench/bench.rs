@@ -185,218 +185,216 @@ impl Drop for World {
     }
 }
 
-fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let cycles: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(300);
-    let holdfast =
-        std::env::var("HOLDFAST_BIN").unwrap_or_else(|_| "target/release/holdfast".into());
-    let holdfast = std::fs::canonicalize(&holdfast)
-        .expect("build first: scripts/build-release.sh (bench/run.sh does)");
-    let holdfast = holdfast.to_str().unwrap().to_string();
+#[path = "../tests/common/fakeapi.rs"]
+mod fakeapi;
 
-    let tag = format!("hfbench{}", std::process::id());
-    let mut w = World {
-        node: format!("{tag}-node"),
-        pods: Vec::new(),
-        dir: std::env::temp_dir().join(&tag),
-    };
-    ip(&["netns", "add", &w.node]);
-    std::fs::create_dir_all(&w.dir).unwrap();
-    for i in 0..cycles.max(100) {
-        let p = format!("{tag}-p{i}");
-        ip(&["netns", "add", &p]);
-        w.pods.push(p);
+const VIP: &str = "10.43.0.1";
+const REAL: &str = "10.44.0.5";
+const TOKEN: &str = "bench-token";
+const SCENARIOS: &[&str] = &["compare", "api", "parallel", "soak", "storm"];
+
+/// What to run: `bench [cycles] [--only a,b] [--soak N]`.
+struct Args {
+    cycles: usize,
+    soak_cycles: usize,
+    only: Vec<String>,
+}
+
+impl Args {
+    fn parse() -> Args {
+        let mut a = Args {
+            cycles: 300,
+            soak_cycles: 1000,
+            only: SCENARIOS.iter().map(|s| s.to_string()).collect(),
+        };
+        let mut it = std::env::args().skip(1);
+        while let Some(x) = it.next() {
+            match x.as_str() {
+                "--only" => {
+                    let list = it.next().expect("--only needs a list");
+                    a.only = list.split(',').map(String::from).collect();
+                    for s in &a.only {
+                        assert!(
+                            SCENARIOS.contains(&s.as_str()),
+                            "unknown scenario {s}: {SCENARIOS:?}"
+                        );
+                    }
+                }
+                "--soak" => {
+                    a.soak_cycles = it.next().and_then(|n| n.parse().ok()).expect("--soak N")
+                }
+                n => a.cycles = n.parse().expect("cycles must be a number"),
+            }
+        }
+        a
     }
-    // From here on this process lives in the node netns; every plugin it starts inherits it.
-    let f = std::fs::File::open(format!("/var/run/netns/{}", w.node)).unwrap();
-    nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-    ip(&["link", "set", "lo", "up"]);
 
-    let bw = json!({"ingressRate": 10_000_000, "ingressBurst": 100_000, "egressRate": 10_000_000, "egressBurst": 100_000});
-    let state = w.dir.join("holdfast");
-    let hl = |sub: &str| json!({"type": "host-local", "dataDir": w.dir.join("host-local"), "ranges": [[{"subnet": sub}]], "routes": [{"dst": "0.0.0.0/0"}]});
-    let hf_conf = |shaping: &str, sub: &str| {
-        json!({"type": "holdfast", "stateDir": state, "logLevel": "warn", "egressShaping": shaping,
+    fn runs(&self, s: &str) -> bool {
+        self.only.iter().any(|o| o == s)
+    }
+}
+
+/// The benchmark's world: a node netns (this process lives in it), pod netns, a scratch dir.
+struct Bench {
+    holdfast: String,
+    w: World,
+    runtime: Value,
+    pki: fakeapi::Pki,
+    /// The machine's netns, which the fake API must be started from (it checks it never
+    /// serves there).
+    root_ns: std::fs::File,
+}
+
+impl Bench {
+    fn new(pods: usize) -> Bench {
+        let holdfast =
+            std::env::var("HOLDFAST_BIN").unwrap_or_else(|_| "target/release/holdfast".into());
+        let holdfast = std::fs::canonicalize(&holdfast)
+            .expect("build first: scripts/build-release.sh (bench/run.sh does)");
+        let tag = format!("hfbench{}", std::process::id());
+        let mut w = World {
+            node: format!("{tag}-node"),
+            pods: Vec::new(),
+            dir: std::env::temp_dir().join(&tag),
+        };
+        ip(&["netns", "add", &w.node]);
+        std::fs::create_dir_all(&w.dir).unwrap();
+        for i in 0..pods {
+            let p = format!("{tag}-p{i}");
+            ip(&["netns", "add", &p]);
+            w.pods.push(p);
+        }
+        let root_ns = std::fs::File::open("/proc/thread-self/ns/net").unwrap();
+        // From here on this process lives in the node netns; every plugin it starts inherits it.
+        let f = std::fs::File::open(format!("/var/run/netns/{}", w.node)).unwrap();
+        nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        ip(&["link", "set", "lo", "up"]);
+        let bw = json!({"ingressRate": 10_000_000, "ingressBurst": 100_000, "egressRate": 10_000_000, "egressBurst": 100_000});
+        Bench {
+            holdfast: holdfast.to_str().unwrap().to_string(),
+            w,
+            runtime: json!({"bandwidth": bw}),
+            pki: fakeapi::Pki::new(VIP),
+            root_ns,
+        }
+    }
+
+    fn pod(&self, i: usize) -> String {
+        format!("/var/run/netns/{}", self.w.pods[i % self.w.pods.len()])
+    }
+
+    fn state(&self, name: &str) -> std::path::PathBuf {
+        self.w.dir.join(name)
+    }
+
+    fn hf_conf(&self, state: &str, shaping: &str, sub: &str) -> Value {
+        json!({"type": "holdfast", "stateDir": self.state(state), "logLevel": "warn", "egressShaping": shaping,
                "capabilities": {"bandwidth": true},
                "ipam": {"ranges": [[{"subnet": sub}]], "routes": [{"dst": "0.0.0.0/0"}]}})
-    };
-    let runtime = json!({"bandwidth": bw});
-    let reference = Chain {
-        name: "reference",
-        version: "1.0.0",
-        plugins: vec![
-            (
-                format!("{REF}/ptp"),
-                json!({"type": "ptp", "ipMasq": false, "ipam": hl("10.60.0.0/16")}),
-            ),
-            (
-                format!("{REF}/bandwidth"),
-                json!({"type": "bandwidth", "capabilities": {"bandwidth": true}}),
-            ),
-        ],
-        runtime: runtime.clone(),
-    };
-    let hf_ifb = Chain {
-        name: "holdfast-ifb",
-        version: "1.0.0",
-        plugins: vec![(holdfast.clone(), hf_conf("ifb", "10.61.0.0/16"))],
-        runtime: runtime.clone(),
-    };
-    let hf_pod = Chain {
-        name: "holdfast-pod",
-        version: "1.0.0",
-        plugins: vec![(holdfast.clone(), hf_conf("pod", "10.62.0.0/16"))],
-        runtime: runtime.clone(),
-    };
+    }
+
+    fn chain(&self, name: &'static str, plugins: Vec<(String, Value)>) -> Chain {
+        Chain {
+            name,
+            version: "1.0.0",
+            plugins,
+            runtime: self.runtime.clone(),
+        }
+    }
+
+    fn hf(&self, name: &'static str, conf: Value) -> Chain {
+        self.chain(name, vec![(self.holdfast.clone(), conf)])
+    }
+}
+
+fn main() {
+    let args = Args::parse();
+    let mut pods = 20;
+    if args.runs("compare") {
+        pods = pods.max(args.cycles);
+    }
+    if args.runs("parallel") {
+        pods = pods.max(100);
+    }
+    if args.runs("storm") {
+        pods = pods.max(STORM);
+    }
+    let b = Bench::new(pods);
+    println!("# holdfast benchmark\n");
+    println!("{}\n", machine());
+    // Peak RSS comes from wait4, which counts the spawning process's pages until exec: the
+    // scenarios that measure it run first, while this process is still small.
+    if args.runs("compare") {
+        compare(&b, args.cycles);
+    }
+    if args.runs("soak") {
+        soak(&b, args.soak_cycles);
+    }
+    let api = (args.runs("api") || args.runs("storm")).then(|| ApiWorld::new(&b));
+    if let Some(api) = &api
+        && args.runs("api")
+    {
+        api_fallback(&b, api, (args.cycles / 10).clamp(10, 30));
+    }
+    if args.runs("parallel") {
+        parallel(&b);
+    }
+    if let Some(api) = &api
+        && args.runs("storm")
+    {
+        storm(&b, api);
+    }
+}
+
+/// holdfast and the reference chain, ADD/DEL cycles interleaved so they share the noise.
+fn compare(b: &Bench, cycles: usize) {
+    let hl = |sub: &str| json!({"type": "host-local", "dataDir": b.w.dir.join("host-local"), "ranges": [[{"subnet": sub}]], "routes": [{"dst": "0.0.0.0/0"}]});
     let ptp = |sub: &str| {
         (
             format!("{REF}/ptp"),
             json!({"type": "ptp", "ipMasq": false, "ipam": hl(sub)}),
         )
     };
-    let chained_ref = Chain {
-        name: "ptp-bandwidth",
-        version: "1.0.0",
-        plugins: vec![
-            ptp("10.63.0.0/16"),
-            (
-                format!("{REF}/bandwidth"),
-                json!({"type": "bandwidth", "capabilities": {"bandwidth": true}}),
-            ),
-        ],
-        runtime: runtime.clone(),
-    };
-    let chained_hf = Chain {
-        name: "ptp-holdfast",
-        version: "1.0.0",
-        plugins: vec![
-            ptp("10.64.0.0/16"),
-            (
-                holdfast.clone(),
-                json!({"type": "holdfast", "stateDir": state, "logLevel": "warn", "capabilities": {"bandwidth": true}}),
-            ),
-        ],
-        runtime: runtime.clone(),
-    };
-
-    let mut st: Vec<Stats> = (0..5).map(|_| Stats::default()).collect();
-    let started = Instant::now();
-    // Interleaved, so every variant sees the same machine noise.
-    for i in 0..cycles {
-        let ns = format!("/var/run/netns/{}", w.pods[i]);
-        reference.cycle(&format!("ref{i}"), &ns, 0, &mut st[0]);
-        hf_ifb.cycle(&format!("hfi{i}"), &ns, 0, &mut st[1]);
-        hf_pod.cycle(&format!("hfp{i}"), &ns, 0, &mut st[2]);
-        chained_ref.cycle(&format!("cr{i}"), &ns, 1, &mut st[3]);
-        chained_hf.cycle(&format!("ch{i}"), &ns, 1, &mut st[4]);
-    }
-    let sequential = started.elapsed();
-
-    // ADD with a warm cache while the API VIP is black-holed (as after a cold reboot), and with
-    // a fresh cache. The cache is seeded; refreshSeconds 0 forces the API attempt.
-    ip(&["link", "add", "bh0", "type", "ifb"]);
-    ip(&["link", "set", "bh0", "up"]);
-    ip(&["route", "add", "10.43.0.1/32", "dev", "bh0"]);
-    ip(&["route", "add", "10.44.0.5/32", "dev", "bh0"]);
-    let kc = w.dir.join("kubeconfig");
-    let ca = rcgen::generate_simple_self_signed(vec!["10.43.0.1".to_string()])
-        .unwrap()
-        .cert
-        .pem();
-    std::fs::write(&kc, format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://10.43.0.1:443\n    certificate-authority-data: {}\nusers:\n- name: u\n  user:\n    token: bench-token\ncontexts:\n- name: x\n  context: {{cluster: c, user: u}}\ncurrent-context: x\n",
-        base64_encode(ca.as_bytes())
-    )).unwrap();
-    let timeout_ms = 1000u64;
-    let k8s = |refresh: u64| {
-        let mut c = hf_conf("pod", "usePodCidr");
-        c["kubernetes"] = json!({"kubeconfig": kc, "nodeName": "bench-node", "timeoutMs": timeout_ms, "refreshSeconds": refresh});
-        c
-    };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    std::fs::create_dir_all(&state).unwrap();
-    std::fs::write(state.join("cluster-info.json"), json!({"version": 1, "nodeName": "bench-node", "nodeUid": "u",
-        "podCIDRs": ["10.65.0.0/16"], "apiEndpoints": ["10.44.0.5:443"], "fetchedUnix": now, "fetchedFrom": "seed"}).to_string()).unwrap();
-    let blackholed = Chain {
-        name: "bh",
-        version: "1.0.0",
-        plugins: vec![(holdfast.clone(), k8s(0))],
-        runtime: runtime.clone(),
-    };
-    let fresh = Chain {
-        name: "fresh",
-        version: "1.0.0",
-        plugins: vec![(holdfast.clone(), k8s(3600))],
-        runtime: runtime.clone(),
-    };
-    let mut bh = Stats::default();
-    let mut fr = Stats::default();
-    let n_bh = (cycles / 10).clamp(10, 30);
-    for i in 0..n_bh {
-        let ns = format!("/var/run/netns/{}", w.pods[i]);
-        blackholed.cycle(&format!("bh{i}"), &ns, 0, &mut bh);
-        fresh.cycle(&format!("fr{i}"), &ns, 0, &mut fr);
-    }
-
-    // 100 pods ADDed in parallel, then DELed in parallel.
-    let par = |chain: &Chain, prefix: &str| -> (f64, f64, usize, usize) {
-        let start = Instant::now();
-        let results: Vec<Option<Value>> = std::thread::scope(|s| {
-            let hs: Vec<_> = (0..100)
-                .map(|i| {
-                    let ns = format!("/var/run/netns/{}", w.pods[i]);
-                    let cid = format!("{prefix}{i}");
-                    s.spawn(move || {
-                        let (bin, p) = &chain.plugins[0];
-                        let r = exec(bin, "ADD", &chain.conf(p, None), &cid, &ns);
-                        if r.ok {
-                            serde_json::from_str::<Value>(&r.stdout).ok()
-                        } else {
-                            None
-                        }
-                    })
-                })
-                .collect();
-            hs.into_iter().map(|h| h.join().unwrap()).collect()
-        });
-        let add_wall = start.elapsed().as_secs_f64() * 1000.0;
-        let errors = results.iter().filter(|r| r.is_none()).count();
-        let distinct: HashSet<String> = results
-            .iter()
-            .flatten()
-            .filter_map(|r| r["ips"][0]["address"].as_str().map(String::from))
-            .collect();
-        let start = Instant::now();
-        std::thread::scope(|s| {
-            for i in 0..100 {
-                let ns = format!("/var/run/netns/{}", w.pods[i]);
-                let cid = format!("{prefix}{i}");
-                s.spawn(move || {
-                    let (bin, p) = &chain.plugins[0];
-                    exec(bin, "DEL", &chain.conf(p, None), &cid, &ns);
-                });
-            }
-        });
+    let bandwidth = || {
         (
-            add_wall,
-            start.elapsed().as_secs_f64() * 1000.0,
-            errors,
-            distinct.len(),
+            format!("{REF}/bandwidth"),
+            json!({"type": "bandwidth", "capabilities": {"bandwidth": true}}),
         )
     };
-    let par_ifb = par(&hf_ifb, "pi");
-    let par_pod = par(&hf_pod, "pp");
+    let chains = [
+        b.chain("reference", vec![ptp("10.60.0.0/16"), bandwidth()]),
+        b.hf("holdfast-ifb", b.hf_conf("holdfast", "ifb", "10.61.0.0/16")),
+        b.hf("holdfast-pod", b.hf_conf("holdfast", "pod", "10.62.0.0/16")),
+        b.chain("ptp-bandwidth", vec![ptp("10.63.0.0/16"), bandwidth()]),
+        b.chain(
+            "ptp-holdfast",
+            vec![
+                ptp("10.64.0.0/16"),
+                (b.holdfast.clone(), json!({"type": "holdfast", "stateDir": b.state("holdfast"), "logLevel": "warn", "capabilities": {"bandwidth": true}})),
+            ],
+        ),
+    ];
+    let prefixes = ["ref", "hfi", "hfp", "cr", "ch"];
+    let mut st: Vec<Stats> = (0..5).map(|_| Stats::default()).collect();
+    let started = Instant::now();
+    for i in 0..cycles {
+        for (k, c) in chains.iter().enumerate() {
+            let measure_from = if k >= 3 { 1 } else { 0 };
+            c.cycle(
+                &format!("{}{i}", prefixes[k]),
+                &b.pod(i),
+                measure_from,
+                &mut st[k],
+            );
+        }
+    }
+    print_compare(&st, cycles, started.elapsed());
+}
 
-    // Report.
-    let machine = machine();
-    println!("# holdfast benchmark\n");
-    println!("{machine}\n");
+fn print_compare(st: &[Stats], cycles: usize, took: Duration) {
     println!(
         "{cycles} ADD/DEL cycles per variant, interleaved, in one run ({:.0} s). Times in ms; CPU = user+sys of every process of the verb; RSS = the largest process.\n",
-        sequential.as_secs_f64()
+        took.as_secs_f64()
     );
     println!(
         "| variant | ADD p50 | ADD p90 | ADD p99 | DEL p50 | DEL p90 | DEL p99 | CPU/ADD p50 | CPU/DEL p50 | peak RSS KiB | errors |"
@@ -409,7 +407,7 @@ fn main() {
         "chained: reference bandwidth after ptp (bandwidth only)",
         "chained: holdfast after ptp (holdfast only)",
     ];
-    for (n, s) in names.iter().zip(&st) {
+    for (n, s) in names.iter().zip(st) {
         println!(
             "| {n} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {} | {} |",
             pct(&s.add, 0.5),
@@ -440,34 +438,311 @@ fn main() {
             st[i].rss as f64 / st[j].rss.max(1) as f64
         );
     }
+}
+
+/// The fake HTTPS API on the "real" apiserver address inside the node netns `node`.
+fn start_real(node: &str, pki: &fakeapi::Pki) -> fakeapi::FakeApi {
+    ip(&["-n", node, "link", "set", "lo", "up"]);
+    ip(&[
+        "-n",
+        node,
+        "addr",
+        "add",
+        &format!("{REAL}/32"),
+        "dev",
+        "lo",
+    ]);
+    let cluster = fakeapi::Cluster {
+        node: "bench-node".into(),
+        node_uid: "u".into(),
+        pod_cidrs: vec!["10.65.0.0/16".into()],
+        endpoints: vec![format!("{REAL}:443").parse().unwrap()],
+        endpoint_slices: true,
+    };
+    let addr = format!("{REAL}:443").parse().unwrap();
+    fakeapi::FakeApi::start(node, addr, pki, TOKEN, cluster)
+}
+
+/// The fake API on the real address, a black hole for the VIP (and, on demand, for the real
+/// address too), and a kubeconfig pointing at the VIP.
+struct ApiWorld {
+    kubeconfig: std::path::PathBuf,
+    _real: fakeapi::FakeApi,
+}
+
+const TIMEOUT_MS: u64 = 1000;
+
+impl ApiWorld {
+    fn new(b: &Bench) -> ApiWorld {
+        let node_ns = std::fs::File::open("/proc/thread-self/ns/net").unwrap();
+        let enter = |f: &std::fs::File| {
+            nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap()
+        };
+        enter(&b.root_ns);
+        let real = start_real(&b.w.node, &b.pki);
+        enter(&node_ns);
+        ip(&["link", "add", "bh0", "type", "ifb"]);
+        ip(&["link", "set", "bh0", "up"]);
+        ip(&["route", "add", &format!("{VIP}/32"), "dev", "bh0"]);
+        let token = b.w.dir.join("token");
+        std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
+        let kubeconfig = b.w.dir.join("kubeconfig");
+        fakeapi::write_kubeconfig(
+            &kubeconfig,
+            &format!("https://{VIP}:443"),
+            &b.pki.ca_pem,
+            Some(&token),
+            None,
+        );
+        ApiWorld {
+            kubeconfig,
+            _real: real,
+        }
+    }
+
+    /// The real address stops answering too: the whole API is gone.
+    fn black_hole_real(&self) {
+        ip(&["addr", "del", &format!("{REAL}/32"), "dev", "lo"]);
+        ip(&["route", "add", &format!("{REAL}/32"), "dev", "bh0"]);
+    }
+
+    /// A usePodCidr config in its own stateDir, with a cache `age` seconds old.
+    fn conf(&self, b: &Bench, state: &str, refresh: u64, age: u64) -> Value {
+        let mut c = b.hf_conf(state, "pod", "usePodCidr");
+        c["kubernetes"] = json!({"kubeconfig": self.kubeconfig, "nodeName": "bench-node", "timeoutMs": TIMEOUT_MS,
+                                 "refreshSeconds": refresh, "outageHoldSeconds": 60});
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let dir = b.state(state);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("cluster-info.json"), json!({"version": 1, "nodeName": "bench-node", "nodeUid": "u",
+            "podCIDRs": ["10.65.0.0/16"], "apiEndpoints": [format!("{REAL}:443")], "fetchedUnix": now - age, "fetchedFrom": "seed"}).to_string()).unwrap();
+        c
+    }
+}
+
+/// ADD latency when the API is down or half down, next to a fresh cache's.
+fn api_fallback(b: &Bench, api: &ApiWorld, n: usize) {
+    let run = |name: &'static str, conf: Value, prefix: &str| {
+        let chain = b.hf(name, conf);
+        let mut s = Stats::default();
+        for i in 0..n {
+            chain.cycle(&format!("{prefix}{i}"), &b.pod(i), 0, &mut s);
+        }
+        s
+    };
+    let fresh = run("fresh", api.conf(b, "api-fresh", 3600, 0), "fr");
+    let vip_down = run("vipdown", api.conf(b, "api-vipdown", 0, 300), "vd");
+    api.black_hole_real();
+    let outage = run("outage", api.conf(b, "api-outage", 0, 300), "bh");
     println!(
-        "\n| API fallback ({n_bh} ADDs each, timeoutMs {timeout_ms}) | ADD p50 | ADD p90 | ADD p99 | max | errors |"
+        "\n| API ({n} ADDs each, timeoutMs {TIMEOUT_MS}, outageHoldSeconds 60) | first ADD | rest p50 | rest p99 | rest max | errors |"
     );
     println!("|---|---|---|---|---|---|");
-    for (n, s) in [
-        ("warm cache, VIP and real endpoint black-holed", &bh),
-        ("fresh cache (no request)", &fr),
+    for (name, s) in [
+        (
+            "everything black-holed, warm cache (cache after the first)",
+            &outage,
+        ),
+        (
+            "VIP black-holed, real endpoint up (fresh answers)",
+            &vip_down,
+        ),
+        ("fresh cache (no request)", &fresh),
     ] {
-        let max = s.add.iter().cloned().fold(0.0, f64::max);
+        let rest = s.add.get(1..).unwrap_or_default();
+        let max = rest.iter().cloned().fold(0.0, f64::max);
         println!(
-            "| {n} | {:.1} | {:.1} | {:.1} | {:.1} | {} |",
-            pct(&s.add, 0.5),
-            pct(&s.add, 0.9),
-            pct(&s.add, 0.99),
+            "| {name} | {:.1} | {:.1} | {:.1} | {:.1} | {} |",
+            s.add.first().copied().unwrap_or(f64::NAN),
+            pct(rest, 0.5),
+            pct(rest, 0.99),
             max,
             s.errors
         );
     }
+}
+
+/// 100 pods ADDed in parallel, then DELed in parallel.
+fn parallel(b: &Bench) {
     println!("\n| 100 pods in parallel | ADD wall ms | DEL wall ms | errors | distinct IPs |");
     println!("|---|---|---|---|---|");
-    for (n, p) in [("holdfast (ifb)", par_ifb), ("holdfast (pod)", par_pod)] {
-        println!("| {n} | {:.0} | {:.0} | {} | {} |", p.0, p.1, p.2, p.3);
+    for (name, shaping, sub, prefix) in [
+        ("holdfast (ifb)", "ifb", "10.66.0.0/16", "pi"),
+        ("holdfast (pod)", "pod", "10.67.0.0/16", "pp"),
+    ] {
+        let chain = b.hf("par", b.hf_conf("par", shaping, sub));
+        let (add, del) = at_once(b, &chain, prefix, 100);
+        let errors = add.iter().filter(|r| r.1.is_none()).count();
+        let distinct: HashSet<String> = add
+            .iter()
+            .filter_map(|r| {
+                r.1.as_ref()?["ips"][0]["address"]
+                    .as_str()
+                    .map(String::from)
+            })
+            .collect();
+        println!(
+            "| {name} | {:.0} | {:.0} | {errors} | {} |",
+            add_wall(&add),
+            del,
+            distinct.len()
+        );
     }
 }
 
-fn base64_encode(b: &[u8]) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(b)
+fn add_wall(add: &[(f64, Option<Value>)]) -> f64 {
+    add.iter().map(|r| r.0).fold(0.0, f64::max)
+}
+
+/// `n` ADDs started together, then `n` DELs: each ADD's latency and result, the DEL wall time.
+fn at_once(b: &Bench, chain: &Chain, prefix: &str, n: usize) -> (Vec<(f64, Option<Value>)>, f64) {
+    let adds: Vec<(f64, Option<Value>)> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..n)
+            .map(|i| {
+                let (ns, cid) = (b.pod(i), format!("{prefix}{i}"));
+                s.spawn(move || {
+                    let t = Instant::now();
+                    let (bin, p) = &chain.plugins[0];
+                    let r = exec(bin, "ADD", &chain.conf(p, None), &cid, &ns);
+                    let ms = t.elapsed().as_secs_f64() * 1000.0;
+                    (
+                        ms,
+                        r.ok.then(|| serde_json::from_str::<Value>(&r.stdout).ok())
+                            .flatten(),
+                    )
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for i in 0..n {
+            let (ns, cid) = (b.pod(i), format!("{prefix}{i}"));
+            s.spawn(move || {
+                let (bin, p) = &chain.plugins[0];
+                exec(bin, "DEL", &chain.conf(p, None), &cid, &ns);
+            });
+        }
+    });
+    (adds, start.elapsed().as_secs_f64() * 1000.0)
+}
+
+const STORM: usize = 200;
+
+/// A cold boot: 200 pods at once, the API black-holed, a warm (stale) cache, no health yet.
+fn storm(b: &Bench, api: &ApiWorld) {
+    let chain = b.hf("storm", api.conf(b, "storm", 0, 300));
+    let (add, _) = at_once(b, &chain, "st", STORM);
+    let wall = add_wall(&add);
+    let lat: Vec<f64> = add.iter().map(|r| r.0).collect();
+    let errors = add.iter().filter(|r| r.1.is_none()).count();
+    println!(
+        "\n| boot storm: {STORM} ADDs at once, API black-holed, stale cache, timeoutMs {TIMEOUT_MS} | ADD p50 | ADD p99 | max | wall ms | errors |"
+    );
+    println!("|---|---|---|---|---|---|");
+    println!(
+        "| holdfast (pod) | {:.1} | {:.1} | {:.1} | {wall:.0} | {errors} |",
+        pct(&lat, 0.5),
+        pct(&lat, 0.99),
+        lat.iter().cloned().fold(0.0, f64::max)
+    );
+}
+
+/// 1000 ADD/DEL cycles with bandwidth (ifb), with what must stay flat, per 100 cycles.
+fn soak(b: &Bench, cycles: usize) {
+    let conf = b.hf_conf("soak", "ifb", "10.68.0.0/16");
+    let chain = b.hf("soak", conf.clone());
+    println!(
+        "\n| soak: cycles | links in node netns | files under stateDir | max fds in one ADD | file-nr allocated | peak RSS KiB | ADD p50 | DEL p50 | errors |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let mut block = Stats::default();
+    for i in 0..cycles {
+        chain.cycle(&format!("sk{i}"), &b.pod(i), 0, &mut block);
+        if (i + 1) % 100 != 0 && i + 1 != cycles {
+            continue;
+        }
+        // One extra ADD/DEL, sampled for its open fds.
+        let fds = max_fds(&b.holdfast, &chain.conf(&conf, None), &b.pod(i));
+        println!(
+            "| {} | {} | {} | {fds} | {} | {} | {:.1} | {:.1} | {} |",
+            i + 1,
+            node_links(),
+            count_files(&b.state("soak")),
+            file_nr(),
+            block.rss,
+            pct(&block.add, 0.5),
+            pct(&block.del, 0.5),
+            block.errors
+        );
+        block = Stats::default();
+    }
+}
+
+/// The most fds the plugin had open at once during one ADD (sampled from /proc), then DEL.
+fn max_fds(bin: &str, conf: &Value, netns: &str) -> usize {
+    let mut child = Command::new(bin)
+        .env_clear()
+        .env("CNI_COMMAND", "ADD")
+        .env("CNI_CONTAINERID", "fdprobe")
+        .env("CNI_NETNS", netns)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", REF)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn plugin");
+    let dir = format!("/proc/{}/fd", child.id());
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(conf.to_string().as_bytes())
+        .unwrap();
+    let mut max = 0;
+    while child.try_wait().unwrap().is_none() {
+        max = max.max(std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0));
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    exec(bin, "DEL", conf, "fdprobe", netns);
+    max
+}
+
+fn node_links() -> usize {
+    let out = Command::new("ip")
+        .args(["-o", "link", "show"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .filter(|n| n.starts_with("hf"))
+        .count()
+}
+
+fn count_files(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| match e.file_type() {
+                    Ok(t) if t.is_dir() => count_files(&e.path()),
+                    _ => 1,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn file_nr() -> String {
+    std::fs::read_to_string("/proc/sys/fs/file-nr")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(String::from))
+        .unwrap_or_default()
 }
 
 fn machine() -> String {

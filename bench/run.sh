@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # The benchmark: holdfast vs the reference plugins, side by side. Needs root.
-#   sudo bench/run.sh [cycles]        (default 300) — prints a markdown table
+#   sudo bench/run.sh [cycles] [--only compare,api,parallel,soak,storm] [--soak N]
+#   (default: 300 cycles, every scenario, a 1000-cycle soak) — prints markdown tables.
+#   e.g. bench/run.sh --only soak      the ADD/DEL soak alone
+#        bench/run.sh --only storm     the 200-pod boot storm alone
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dpkg-query -W containernetworking-plugins >/dev/null 2>&1 || {
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq containernetworking-plugins >/dev/null; }
 export HOLDFAST_BIN
 HOLDFAST_BIN=$(scripts/build-release.sh)
-cargo run --release --locked --quiet --example bench -- "${1:-300}"
+cargo run --release --locked --quiet --example bench -- "$@"

@@ -6,9 +6,10 @@ use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::prelude::*;
 
 /// At `info` and quieter, only holdfast's own events: a fallback is one line naming the failure,
-/// not that line plus the HTTP client's. At `debug` and `trace`, every crate's, except the kube
-/// client's per-request ERROR lines (`HTTP{…}: failed with error …`): holdfast names each failed
-/// attempt itself, and an ERROR for an attempt ADD survives reads as a failure to log alerting.
+/// not that line plus the HTTP client's. At `debug` and `trace`, every crate's except the kube
+/// client's: its per-request ERROR lines (`HTTP{…}: failed with error …`) and its WARN with a
+/// malformed body's whole text would read as failures to log alerting, and holdfast names each
+/// failed attempt itself.
 ///
 /// The log file is created 0600 and never opened through a symlink.
 pub fn init(file: Option<&Path>, level: &str) {
@@ -27,7 +28,7 @@ pub fn init(file: Option<&Path>, level: &str) {
     };
     let filter = Targets::new()
         .with_target("holdfast", level)
-        .with_target("kube_client::client::builder", LevelFilter::OFF)
+        .with_target("kube_client", LevelFilter::OFF)
         .with_default(others);
     let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(false)
