@@ -20,22 +20,23 @@ pub struct Names {
 
 impl Names {
     pub fn of(container_id: &str, ifname: &str) -> Names {
+        let hex = digest_hex(container_id, ifname);
         Names {
-            host_veth: host_veth(container_id, ifname),
-            ifb: ifb(container_id, ifname),
-            group: group(container_id, ifname),
+            host_veth: format!("hf{}", &hex[..11]),
+            ifb: format!("hfi{}", &hex[..11]),
+            group: group_of(&hex),
         }
     }
 }
 
 /// Host end of the pod's veth: `hf` + 11 hex characters.
 pub fn host_veth(container_id: &str, ifname: &str) -> String {
-    format!("hf{}", &digest_hex(container_id, ifname)[..11])
+    Names::of(container_id, ifname).host_veth
 }
 
 /// The pod's egress ifb: `hfi` + 11 hex characters (`i` is not hex, so never a veth name).
 pub fn ifb(container_id: &str, ifname: &str) -> String {
-    format!("hfi{}", &digest_hex(container_id, ifname)[..11])
+    Names::of(container_id, ifname).ifb
 }
 
 /// The link group of the attachment's host devices (veth and ifb), so DEL can remove them in one
@@ -43,7 +44,10 @@ pub fn ifb(container_id: &str, ifname: &str) -> String {
 /// small numbers operators assign by hand, never 0 (the default group), and within what
 /// iproute2 accepts, so `ip link show group N` works on it.
 pub fn group(container_id: &str, ifname: &str) -> u32 {
-    let hex = digest_hex(container_id, ifname);
+    Names::of(container_id, ifname).group
+}
+
+fn group_of(hex: &str) -> u32 {
     (u32::from_str_radix(&hex[..8], 16).unwrap_or(0) & 0x3fff_ffff) | 0x4000_0000
 }
 
