@@ -310,6 +310,11 @@ fn failure_cases() -> Vec<(&'static str, Arrange)> {
             "malformed response",
             Box::new(|a: &FakeApi| a.set_mode(Mode::Garbage)),
         ),
+        // Bodies are read up to 4 MiB, not whole.
+        (
+            "response larger than 4 MiB",
+            Box::new(|a: &FakeApi| a.set_mode(Mode::Huge(6 << 20))),
+        ),
         (
             "has no podCIDRs",
             Box::new(|a: &FakeApi| {

@@ -100,7 +100,7 @@ fn head_start(budget: Duration) -> Duration {
 pub async fn load_config(kube: &KubeConf) -> Result<Base, Attempt> {
     let fail = |e: String| Attempt {
         server: kube.kubeconfig.display().to_string(),
-        error: e,
+        error: truncate(&e),
         kind: Kind::Config,
     };
     let kc =

@@ -29,6 +29,8 @@ pub enum Mode {
     Status(u16),
     /// 200 with a body that is not JSON.
     Garbage,
+    /// 200 with a body of this many bytes (a JSON string that never ends in time).
+    Huge(usize),
 }
 
 #[derive(Clone, Debug)]
@@ -287,6 +289,15 @@ async fn handle(
                 .unwrap();
         }
         Mode::Status(c) => return status(c, "Injected", &format!("injected failure {c}")),
+        Mode::Huge(n) => {
+            let mut body = b"{\"kind\": \"".to_vec();
+            body.resize(n, b'x');
+            return Response::builder()
+                .status(200)
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(body)))
+                .unwrap();
+        }
         Mode::Answer => {}
     }
     let auth = req
