@@ -96,6 +96,7 @@ fn dead_pods_free_a_full_range_and_a_live_one_survives() {
         .run
         .err(100, "10.94.0.0/29");
     assert_alive(&w, "old2", &pods[2], &results[2], "range full again");
+    assert_doctor_lists(&w, &conf, &["old0", "old1", "old3", "old4"]);
 
     // The runtime's late DELs of the dead ones exit 0 and touch nobody else.
     for (i, p) in pods.iter().enumerate().filter(|(i, _)| *i != 2) {
@@ -116,6 +117,31 @@ fn dead_pods_free_a_full_range_and_a_live_one_survives() {
     }
     let all: Vec<&str> = new.iter().chain([&pods[2]]).map(String::as_str).collect();
     assert_no_attachment_left(&w, &all, "after every DEL");
+}
+
+/// `holdfast doctor` lists exactly these attachments as reclaimed, with when and why.
+fn assert_doctor_lists(w: &World, conf: &Value, cids: &[&str]) {
+    let file = w.state_dir.join("doctor.conflist");
+    let list = json!({"cniVersion": conf["cniVersion"], "name": conf["name"], "plugins": [conf]});
+    std::fs::write(&file, list.to_string()).expect("conflist for doctor");
+    let f = file.display().to_string();
+    let out = w.in_node(&[BIN, "doctor", "--conf", &f, "--json"]);
+    let report: Value = serde_json::from_slice(&out.stdout).expect("doctor --json");
+    let mut listed: Vec<&str> = report["reclaimed"]
+        .as_array()
+        .expect("reclaimed is a list")
+        .iter()
+        .map(|x| {
+            assert!(x["unix"].as_u64().is_some_and(|t| t > 0), "{x}");
+            assert_eq!(x["why"], "a range was full", "{x}");
+            x["containerId"].as_str().unwrap_or("")
+        })
+        .collect();
+    listed.sort_unstable();
+    assert_eq!(listed, cids, "doctor's reclaimed list");
+    let human = w.in_node(&[BIN, "doctor", "--conf", &f]);
+    let text = String::from_utf8_lossy(&human.stdout);
+    assert!(text.contains("reclaimed   old0/eth0"), "{text}");
 }
 
 /// Live and dead pods with ifb shaping; returns (cid, pod, result) of each.

@@ -196,21 +196,25 @@ impl Plan {
         }
     }
 
-    /// Allocates addresses for `t.owner`.
-    pub async fn add(&self, t: &Target<'_>) -> Result<Assigned> {
+    /// Allocates addresses for `t.owner`. The leases exist (with their owner) when this
+    /// returns; making them durable (fsync of the leases and their directory) goes on in the
+    /// background while ADD configures the kernel, and [`Durable::wait`] joins it before ADD
+    /// reports success.
+    pub async fn add(&self, t: &Target<'_>) -> Result<(Assigned, Durable)> {
         match self {
             Plan::Builtin { sets, routes, dns } => {
                 let store = Store::open(t.state_dir, t.network)?;
                 let leases = allocate(&store, sets, &t.owner)?;
-                // The leases are on disk before their addresses are used.
-                store.sync()?;
-                drop(store);
                 let routes = routes_for(routes, &leases)?;
-                Ok(Assigned {
+                // The store (and its lock) goes with the sync, so no other ADD allocates before
+                // these leases are durable.
+                let durable = Durable(Some(tokio::task::spawn_blocking(move || store.sync())));
+                let assigned = Assigned {
                     leases,
                     routes,
                     dns: dns.clone(),
-                })
+                };
+                Ok((assigned, durable))
             }
             Plan::Delegate { plugin, stdin, dns } => {
                 let out = delegate::exec(plugin, t.path, "ADD", stdin)
@@ -220,7 +224,7 @@ impl Plan {
                 if !dns.is_empty() {
                     a.dns = dns.clone();
                 }
-                Ok(a)
+                Ok((a, Durable(None)))
             }
         }
     }
@@ -232,6 +236,21 @@ impl Plan {
             Plan::Delegate { plugin, stdin, .. } => delegate::exec(plugin, t.path, "DEL", stdin)
                 .await
                 .map(|_| ()),
+        }
+    }
+}
+
+/// The fsync of the leases [`Plan::add`] took, running on a blocking thread.
+pub struct Durable(Option<tokio::task::JoinHandle<Result<()>>>);
+
+impl Durable {
+    /// Waits until the leases are on disk.
+    pub async fn wait(self) -> Result<()> {
+        match self.0 {
+            None => Ok(()),
+            Some(h) => h
+                .await
+                .map_err(|e| Error::Internal(format!("syncing leases: {e}")))?,
         }
     }
 }

@@ -14,6 +14,7 @@ use nix::fcntl::{Flock, OFlag};
 use std::fs::File;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -66,6 +67,8 @@ pub struct Store {
     dir: Dir,
     /// Entries were added since the directory was last fsynced.
     dirty: AtomicBool,
+    /// Leases whose content is not fsynced yet.
+    unsynced: Mutex<Vec<File>>,
     _lock: Flock<File>,
 }
 
@@ -96,13 +99,14 @@ impl Store {
         Ok(Store {
             dir,
             dirty: AtomicBool::new(false),
+            unsynced: Mutex::new(Vec::new()),
             _lock: lock,
         })
     }
 
     /// Takes `ip` for `owner`; `Ok(false)` if someone holds it (or anything else has its name).
-    /// On `Ok(true)` the lease exists with its owner, its content is on disk, and its name is
-    /// once the store is synced ([`Store::sync`], or dropped).
+    /// On `Ok(true)` the lease exists with its owner; it is on disk once the store is synced
+    /// ([`Store::sync`], or dropped).
     pub fn reserve(&self, ip: IpAddr, owner: &Owner) -> Result<bool> {
         let name = ip.to_string();
         // Under the lock nobody else adds leases, so a name seen taken stays taken: skipping it
@@ -110,18 +114,28 @@ impl Store {
         if self.dir.stat(&name)?.is_some() {
             return Ok(false);
         }
-        let taken = self
-            .dir
-            .create_with(&name, owner.encode().as_bytes(), false)?;
-        if taken {
-            self.dirty.store(true, Ordering::Relaxed);
+        match self.dir.create_unsynced(&name, owner.encode().as_bytes())? {
+            Some(f) => {
+                self.unsynced.lock().map_err(|_| poisoned())?.push(f);
+                self.dirty.store(true, Ordering::Relaxed);
+                Ok(true)
+            }
+            None => Ok(false),
         }
-        Ok(taken)
     }
 
     /// fsyncs the lease directory if entries were added since the last time: after this, every
     /// lease reserved through this store survives power loss.
     pub fn sync(&self) -> Result<()> {
+        let files = std::mem::take(&mut *self.unsynced.lock().map_err(|_| poisoned())?);
+        for f in &files {
+            f.sync_all().map_err(|e| {
+                Error::io(
+                    format!("syncing a lease in {}", self.dir.path().display()),
+                    e,
+                )
+            })?;
+        }
         if self.dirty.swap(false, Ordering::Relaxed)
             && let Err(e) = self.dir.sync()
         {
@@ -222,8 +236,8 @@ impl Store {
         String::from_utf8(b).ok()?.trim().parse().ok()
     }
 
-    /// Records where round-robin continues (temp file, rename) and syncs the store, which makes
-    /// it durable together with the lease just reserved: one directory fsync for both. Its
+    /// Records where round-robin continues (temp file, rename); [`Store::sync`] makes it durable
+    /// together with the lease just reserved: one directory fsync for both. Its
     /// content is not fsynced on its own: lost in a power cut, it reads as absent and round-robin
     /// starts over at the range start, which is harmless.
     pub fn set_last_reserved(&self, set: usize, ip: IpAddr) -> Result<()> {
@@ -234,8 +248,12 @@ impl Store {
             "last-reserved-temp-written",
         )?;
         self.dirty.store(true, Ordering::Relaxed);
-        self.sync()
+        Ok(())
     }
+}
+
+fn poisoned() -> Error {
+    Error::Internal("lease store state poisoned by a panic".into())
 }
 
 #[cfg(test)]

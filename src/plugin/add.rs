@@ -98,7 +98,7 @@ fn owner(att: &Attachment) -> Owner {
 
 /// The steps of ADD, each recorded in `undo` as soon as it is done.
 async fn steps(w: &Wiring<'_>, undo: &mut Undo) -> Result<CniResult> {
-    let assigned = match w.plan.add(w.target).await {
+    let (assigned, durable) = match w.plan.add(w.target).await {
         // Dead pods may hold the range (a reboot, a lost DEL): reclaim them and try once more.
         Err(e) if matches!(e, Error::RangeExhausted(_)) => {
             let freed = reclaim::dead(w.host, &w.req.conf, &w.req.path, true, "a range was full");
@@ -132,26 +132,31 @@ async fn steps(w: &Wiring<'_>, undo: &mut Undo) -> Result<CniResult> {
     undo.push(Step::Link(w.names.host_veth.clone()));
     failpoint::hit("add-veth");
 
+    // Pod side and host side (with the ifb and the shaping) run concurrently.
     let pod_side = async {
         let l = configure_pod(w.pod, ifname, &assigned.leases, &assigned.routes).await?;
         bandwidth::shape_pod(w.pod, &l, w.limits).await?;
         Ok::<_, Error>(l)
     };
-    let host_side = configure_host(w.host, &w.names.host_veth, &assigned.leases);
+    let host_side = async {
+        let host = configure_host(w.host, &w.names.host_veth, &assigned.leases).await?;
+        let ifb =
+            bandwidth::create_ifb(w.host, &host, w.limits, &w.names.ifb, w.names.group).await?;
+        if let Some(i) = &ifb {
+            undo.push(Step::Link(i.name.clone()));
+            failpoint::hit("add-ifb");
+        }
+        bandwidth::shape_host(w.host, &host, w.limits, ifb.as_ref()).await?;
+        Ok::<_, Error>((host, ifb))
+    };
     let (pod, host) = futures::join!(pod_side, host_side);
-    let (pod, host) = (pod?, host?);
+    let (pod, (host, ifb)) = (pod?, host?);
     failpoint::hit("add-configured");
-
-    let ifb = bandwidth::create_ifb(w.host, &host, w.limits, &w.names.ifb, w.names.group).await?;
-    if let Some(i) = &ifb {
-        undo.push(Step::Link(i.name.clone()));
-        failpoint::hit("add-ifb");
-    }
-    bandwidth::shape_host(w.host, &host, w.limits, ifb.as_ref()).await?;
     if w.limits.ingress.is_some() || w.limits.egress.is_some() {
         failpoint::hit("add-shaped");
     }
 
+    durable.wait().await?;
     let result = result_of(&host, &pod, ifb.as_ref(), netns_path, &assigned);
     state::write(&w.req.conf.state_dir, &record_of(w, &result, ifb))?;
     undo.push(Step::Record);

@@ -287,16 +287,19 @@ impl Dir {
         Ok(())
     }
 
-    /// Creates `name` holding `bytes` only if nothing has that name: the content is written and
-    /// fsynced under a temporary name and then hard-linked into place, so `name` never exists
-    /// without its content (not on ENOSPC, not after a kill at any instant). `Ok(false)` if the
-    /// name is taken. With `sync_dir`, the directory is fsynced before `Ok(true)`; otherwise the
-    /// caller does it (one directory fsync for several entries).
-    pub fn create_with(&self, name: &str, bytes: &[u8], sync_dir: bool) -> Result<bool> {
+    /// Creates `name` holding `bytes` only if nothing has that name (`Ok(None)` if it is taken):
+    /// the content is written under a temporary name and then hard-linked into place, so `name`
+    /// never exists without its content (not on ENOSPC, not after a kill at any instant). The
+    /// content is not fsynced here: the open file is returned for the caller to fsync, with the
+    /// directory, before it reports anything durable.
+    pub fn create_unsynced(&self, name: &str, bytes: &[u8]) -> Result<Option<File>> {
+        self.link_new(name, bytes)
+    }
+
+    fn link_new(&self, name: &str, bytes: &[u8]) -> Result<Option<File>> {
         let (tmp, mut f) = self.create_temp(name)?;
         let res = (|| -> std::io::Result<bool> {
             f.write_all(bytes)?;
-            f.sync_all()?;
             crate::failpoint::hit("ipam-lease-written");
             match nix::unistd::linkat(&self.fd, tmp.as_str(), &self.fd, name, AtFlags::empty()) {
                 Ok(()) => Ok(true),
@@ -306,18 +309,13 @@ impl Dir {
         })();
         crate::failpoint::hit("lease-linked");
         let _ = nix::unistd::unlinkat(&self.fd, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
-        let p = self.join(name);
         match res {
-            Ok(true) => {
-                if let Err(e) = if sync_dir { self.sync_raw() } else { Ok(()) } {
-                    // Not durable means not taken: the caller must not count on it.
-                    let _ = nix::unistd::unlinkat(&self.fd, name, UnlinkatFlags::NoRemoveDir);
-                    return Err(Error::io(format!("syncing {}", self.path.display()), e));
-                }
-                Ok(true)
-            }
-            Ok(false) => Ok(false),
-            Err(e) => Err(Error::io(format!("creating {}", p.display()), e)),
+            Ok(true) => Ok(Some(f)),
+            Ok(false) => Ok(None),
+            Err(e) => Err(Error::io(
+                format!("creating {}", self.join(name).display()),
+                e,
+            )),
         }
     }
 
@@ -471,7 +469,7 @@ mod tests {
         let d = Dir::open_path(&sd, &["ipam"], false).unwrap().unwrap();
         symlink(outside.join("victim"), sd.join("ipam/f")).unwrap();
         assert_eq!(d.read("f", 10).unwrap_err().code(), 5);
-        assert!(!d.create_with("f", b"x", true).unwrap());
+        assert!(d.create_unsynced("f", b"x").unwrap().is_none());
         d.write_atomic("f", b"new", true).unwrap();
         assert_eq!(d.read("f", 10).unwrap().unwrap(), b"new");
         assert!(!outside.join("victim").exists());
@@ -483,8 +481,8 @@ mod tests {
     fn create_with_is_exclusive_and_leaves_no_temp() {
         let root = tmp("excl");
         let d = Dir::open(&root, true).unwrap().unwrap();
-        assert!(d.create_with("a", b"one", true).unwrap());
-        assert!(!d.create_with("a", b"two", true).unwrap());
+        assert!(d.create_unsynced("a", b"one").unwrap().is_some());
+        assert!(d.create_unsynced("a", b"two").unwrap().is_none());
         assert_eq!(d.read("a", 3).unwrap().unwrap(), b"one");
         assert_eq!(d.read("a", 2).unwrap_err().code(), 5);
         let names: Vec<String> = d.entries().unwrap().into_iter().map(|e| e.0).collect();
