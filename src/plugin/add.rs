@@ -132,7 +132,7 @@ async fn steps(w: &Wiring<'_>, undo: &mut Undo) -> Result<CniResult> {
     undo.push(Step::Link(w.names.host_veth.clone()));
     failpoint::hit("add-veth");
 
-    // Pod side and host side (with the ifb and the shaping) run concurrently.
+    // Pod side and host side (with the ifb) run concurrently.
     let pod_side = async {
         let l = configure_pod(w.pod, ifname, &assigned.leases, &assigned.routes).await?;
         bandwidth::shape_pod(w.pod, &l, w.limits).await?;
@@ -146,20 +146,31 @@ async fn steps(w: &Wiring<'_>, undo: &mut Undo) -> Result<CniResult> {
             undo.push(Step::Link(i.name.clone()));
             failpoint::hit("add-ifb");
         }
-        bandwidth::shape_host(w.host, &host, w.limits, ifb.as_ref()).await?;
         Ok::<_, Error>((host, ifb))
     };
     let (pod, host) = futures::join!(pod_side, host_side);
     let (pod, (host, ifb)) = (pod?, host?);
     failpoint::hit("add-configured");
+
+    // The record (written and fsynced on a blocking thread) while the host end is shaped: the
+    // two slowest steps left, one on the disk and one in the kernel.
+    let result = result_of(&host, &pod, ifb.as_ref(), netns_path, &assigned);
+    let record = record_of(w, &result, ifb.clone());
+    let state_dir = w.req.conf.state_dir.clone();
+    let written = tokio::task::spawn_blocking(move || state::write(&state_dir, &record));
+    let shaped = bandwidth::shape_host(w.host, &host, w.limits, ifb.as_ref()).await;
+    let written = written
+        .await
+        .map_err(|e| Error::Internal(format!("writing the record: {e}")))?;
+    if written.is_ok() {
+        undo.push(Step::Record);
+    }
+    shaped?;
+    written?;
     if w.limits.ingress.is_some() || w.limits.egress.is_some() {
         failpoint::hit("add-shaped");
     }
-
     durable.wait().await?;
-    let result = result_of(&host, &pod, ifb.as_ref(), netns_path, &assigned);
-    state::write(&w.req.conf.state_dir, &record_of(w, &result, ifb))?;
-    undo.push(Step::Record);
     failpoint::hit("add-recorded");
     Ok(result)
 }
