@@ -51,13 +51,12 @@ pub async fn add(req: &Add) -> Result<CniResult> {
     };
     let host = Host::connect()?;
     let (cid, ifname) = (&req.att.container_id, &req.att.ifname);
-    let earlier = state::lock_exists(&conf.state_dir, conf.name(), cid, ifname);
-    let _lock = state::lock_attachment(&conf.state_dir, conf.name(), cid, ifname)?;
+    let lock = state::lock_attachment(&conf.state_dir, conf.name(), cid, ifname)?;
     failpoint::hit("add-locked");
     reclaim::after_reboot(&host, conf, &req.path).await;
     let names = Names::of(cid, ifname);
     let target = target(req);
-    clear_previous_attempt(&host, req, &names, &plan, &target, earlier).await?;
+    clear_previous_attempt(&host, req, &names, &plan, &target, lock.existed).await?;
     failpoint::hit("add-cleared");
 
     let pod = netns.connect()?;
@@ -253,6 +252,11 @@ async fn clear_previous_attempt(
 ) -> Result<()> {
     let conf = &req.conf;
     let (cid, ifname) = (&req.att.container_id, &req.att.ifname);
+    // Without an earlier lock file only state from before locks existed can be left: one
+    // lookup tells, where the group delete below needs a dump of every link.
+    if !earlier && link::by_name(host, &names.host_veth).await?.is_none() {
+        return Ok(());
+    }
     let links = link::delete_group(host, names.group, &[&names.host_veth, &names.ifb]).await?;
     let record = match state::read(&conf.state_dir, conf.name(), cid, ifname) {
         Ok(r) => r,

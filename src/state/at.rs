@@ -87,19 +87,27 @@ impl Dir {
     /// Opens `path` (following symlinks: it is the operator's), creating it 0700 if `create`;
     /// `None` if it does not exist and `create` is false.
     pub fn open(path: &Path, create: bool) -> Result<Option<Dir>> {
-        if create {
-            use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(path)
-                .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
-        }
-        match nix::fcntl::open(
-            path,
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        ) {
+        let open = || {
+            nix::fcntl::open(
+                path,
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+        };
+        // Open first: on the hot path the directory exists, and a create is a wasted syscall.
+        let opened = match open() {
+            Err(Errno::ENOENT) if create => {
+                use std::os::unix::fs::DirBuilderExt;
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(path)
+                    .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+                open()
+            }
+            other => other,
+        };
+        match opened {
             Ok(fd) => Ok(Some(Dir {
                 fd,
                 path: path.to_path_buf(),
@@ -127,14 +135,22 @@ impl Dir {
     pub fn sub(&self, name: &str, create: bool) -> Result<Option<Dir>> {
         check_name(name)?;
         let path = self.path.join(name);
-        if create {
-            match nix::sys::stat::mkdirat(&self.fd, name, Mode::from_bits_truncate(0o700)) {
-                Ok(()) | Err(Errno::EEXIST) => {}
-                Err(e) => return Err(Error::io(format!("creating {}", path.display()), io_err(e))),
-            }
-        }
         let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-        match nix::fcntl::openat(&self.fd, name, flags, Mode::empty()) {
+        let open = || nix::fcntl::openat(&self.fd, name, flags, Mode::empty());
+        // Open first: on the hot path the directory exists.
+        let opened = match open() {
+            Err(Errno::ENOENT) if create => {
+                match nix::sys::stat::mkdirat(&self.fd, name, Mode::from_bits_truncate(0o700)) {
+                    Ok(()) | Err(Errno::EEXIST) => {}
+                    Err(e) => {
+                        return Err(Error::io(format!("creating {}", path.display()), io_err(e)));
+                    }
+                }
+                open()
+            }
+            other => other,
+        };
+        match opened {
             Ok(fd) => Ok(Some(Dir { fd, path })),
             Err(Errno::ENOENT) if !create => Ok(None),
             Err(e @ (Errno::ELOOP | Errno::ENOTDIR)) => Err(Error::io(

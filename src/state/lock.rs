@@ -79,6 +79,10 @@ pub struct AttachmentLock {
     lock: Flock<File>,
     dir: Dir,
     name: String,
+    /// The lock file was there before: some verb locked the attachment and no DEL removed it
+    /// since (a live attachment, or the leftovers of a killed ADD). A first ADD has nothing to
+    /// clean up.
+    pub existed: bool,
 }
 
 /// The lock file's name: the attachment's file stem (within NAME_MAX for any valid ID).
@@ -90,18 +94,6 @@ fn lock_dir(state_dir: &Path, network: &str) -> Result<Dir> {
     crate::cni::config::validate_network_name(network)?;
     Dir::open_path(state_dir, &["locks", network], true)?
         .ok_or_else(|| Error::Internal(format!("{}: no lock directory", state_dir.display())))
-}
-
-/// Whether the attachment's lock file exists: some verb locked it and no DEL removed it since
-/// (a live attachment, or the leftovers of a killed ADD). Checked before locking, to tell a
-/// first ADD, which has nothing to clean up, from a retried one.
-pub fn lock_exists(state_dir: &Path, network: &str, container_id: &str, ifname: &str) -> bool {
-    crate::cni::config::validate_network_name(network).is_ok()
-        && Dir::open_path(state_dir, &["locks", network], false)
-            .ok()
-            .flatten()
-            .and_then(|d| d.stat(&lock_name(container_id, ifname)).ok().flatten())
-            .is_some()
 }
 
 /// Locks the attachment, waiting [`LOCK_WAIT`] at most (then code 11).
@@ -142,7 +134,20 @@ fn acquire(
     // A few rounds at most without a deadline: each lost round means a holder removed the file.
     let mut rounds = 0u32;
     loop {
-        let file = dir.open_file(&name, OFlag::O_RDWR | OFlag::O_CREAT, 0o600)?;
+        // O_EXCL first: whether the file was there tells a retried ADD from a first one.
+        let (file, created) =
+            match dir.open_file(&name, OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL, 0o600) {
+                Ok(f) => (f, true),
+                Err(Error::Io { source, .. })
+                    if source.raw_os_error() == Some(nix::errno::Errno::EEXIST as i32) =>
+                {
+                    (
+                        dir.open_file(&name, OFlag::O_RDWR | OFlag::O_CREAT, 0o600)?,
+                        false,
+                    )
+                }
+                Err(e) => return Err(e),
+            };
         let lock = match deadline {
             Some(d) => flock_until(file, &what, d)?,
             None => match try_flock(file, &what)? {
@@ -151,7 +156,12 @@ fn acquire(
             },
         };
         if still_named(&dir, &name, &lock)? {
-            return Ok(Some(AttachmentLock { lock, dir, name }));
+            return Ok(Some(AttachmentLock {
+                lock,
+                dir,
+                name,
+                existed: !created,
+            }));
         }
         // The holder removed the file while we waited: our lock is on an orphan inode that
         // nobody else will ever lock, so it protects nothing. Start again on the current file.

@@ -11,7 +11,7 @@ pub mod at;
 pub mod atomic;
 pub mod lock;
 
-pub use lock::{AttachmentLock, lock_attachment, lock_exists, try_lock_attachment};
+pub use lock::{AttachmentLock, lock_attachment, try_lock_attachment};
 
 use crate::cni::{CniResult, Error, Result, Version};
 use crate::dataplane::netns::{self, NetnsId};
