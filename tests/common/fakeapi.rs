@@ -177,39 +177,8 @@ impl FakeApi {
                         return;
                     }
                 };
-                let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-                let serve = async {
-                    loop {
-                        let Ok((tcp, _)) = listener.accept().await else {
-                            continue;
-                        };
-                        let acceptor = acceptor.clone();
-                        let sh = sh.clone();
-                        tokio::spawn(async move {
-                            let Ok(tls) = acceptor.accept(tcp).await else {
-                                return;
-                            };
-                            let client_cert = tls
-                                .get_ref()
-                                .1
-                                .peer_certificates()
-                                .is_some_and(|c| !c.is_empty());
-                            let svc = hyper::service::service_fn(move |req| {
-                                let sh = sh.clone();
-                                async move {
-                                    Ok::<_, std::convert::Infallible>(
-                                        handle(req, &sh, client_cert).await,
-                                    )
-                                }
-                            });
-                            let _ = hyper::server::conn::http1::Builder::new()
-                                .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
-                                .await;
-                        });
-                    }
-                };
                 tokio::select! {
-                    _ = serve => {}
+                    _ = serve(listener, tls, sh) => {}
                     _ = stop_rx => {}
                 }
             });
@@ -251,6 +220,39 @@ impl Drop for FakeApi {
     }
 }
 
+/// Accepts TLS connections for ever, each served by [`handle`].
+async fn serve(
+    listener: tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    sh: Arc<Mutex<Shared>>,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
+        let acceptor = acceptor.clone();
+        let sh = sh.clone();
+        tokio::spawn(async move {
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let client_cert = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .is_some_and(|c| !c.is_empty());
+            let svc = hyper::service::service_fn(move |req| {
+                let sh = sh.clone();
+                async move { Ok::<_, std::convert::Infallible>(handle(req, &sh, client_cert).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                .await;
+        });
+    }
+}
+
 fn json(status: u16, v: serde_json::Value) -> Response<Full<Bytes>> {
     Response::builder()
         .status(status)
@@ -267,6 +269,28 @@ fn status(code: u16, reason: &str, msg: &str) -> Response<Full<Bytes>> {
     )
 }
 
+/// What an injected failure mode answers; `None` in `Answer` mode.
+async fn injected(mode: Mode) -> Option<Response<Full<Bytes>>> {
+    let raw = |body: Bytes| {
+        Response::builder()
+            .status(200)
+            .header("content-type", "application/json")
+            .body(Full::new(body))
+            .unwrap()
+    };
+    match mode {
+        Mode::Hang => std::future::pending::<Option<Response<Full<Bytes>>>>().await,
+        Mode::Garbage => Some(raw(Bytes::from_static(b"<html>this is not the API</html>"))),
+        Mode::Status(c) => Some(status(c, "Injected", &format!("injected failure {c}"))),
+        Mode::Huge(n) => {
+            let mut body = b"{\"kind\": \"".to_vec();
+            body.resize(n, b'x');
+            Some(raw(Bytes::from(body)))
+        }
+        Mode::Answer => None,
+    }
+}
+
 async fn handle(
     req: Request<hyper::body::Incoming>,
     sh: &Mutex<Shared>,
@@ -277,28 +301,8 @@ async fn handle(
         s.requests += 1;
         (s.mode.clone(), s.token.clone(), s.cluster.clone())
     };
-    match mode {
-        Mode::Hang => std::future::pending::<()>().await,
-        Mode::Garbage => {
-            return Response::builder()
-                .status(200)
-                .header("content-type", "application/json")
-                .body(Full::new(Bytes::from_static(
-                    b"<html>this is not the API</html>",
-                )))
-                .unwrap();
-        }
-        Mode::Status(c) => return status(c, "Injected", &format!("injected failure {c}")),
-        Mode::Huge(n) => {
-            let mut body = b"{\"kind\": \"".to_vec();
-            body.resize(n, b'x');
-            return Response::builder()
-                .status(200)
-                .header("content-type", "application/json")
-                .body(Full::new(Bytes::from(body)))
-                .unwrap();
-        }
-        Mode::Answer => {}
+    if let Some(r) = injected(mode).await {
+        return r;
     }
     let auth = req
         .headers()
@@ -311,93 +315,105 @@ async fn handle(
     sh.lock().unwrap().authorized += 1;
     let path = req.uri().path().to_string();
     if path == format!("/api/v1/nodes/{}", cluster.node) {
-        let node = Node {
-            metadata: ObjectMeta {
-                name: Some(cluster.node.clone()),
-                uid: Some(cluster.node_uid.clone()),
-                ..Default::default()
-            },
-            spec: Some(NodeSpec {
-                pod_cidr: cluster.pod_cidrs.first().cloned(),
-                pod_cidrs: if cluster.pod_cidrs.is_empty() {
-                    None
-                } else {
-                    Some(cluster.pod_cidrs.clone())
-                },
-                ..Default::default()
-            }),
-            status: None,
-        };
-        return json(200, serde_json::to_value(&node).unwrap());
+        return json(200, node_of(&cluster));
     }
     if path == "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices"
         && cluster.endpoint_slices
     {
-        let slice = EndpointSlice {
-            metadata: ObjectMeta {
-                name: Some("kubernetes".into()),
-                namespace: Some("default".into()),
-                labels: Some(BTreeMap::from([(
-                    "kubernetes.io/service-name".into(),
-                    "kubernetes".into(),
-                )])),
-                ..Default::default()
-            },
-            address_type: "IPv4".into(),
-            endpoints: cluster
-                .endpoints
-                .iter()
-                .map(|e| Endpoint {
-                    addresses: vec![e.ip().to_string()],
-                    ..Default::default()
-                })
-                .collect(),
-            ports: Some(vec![SlicePort {
-                name: Some("https".into()),
-                port: cluster.endpoints.first().map(|e| e.port() as i32),
-                protocol: Some("TCP".into()),
-                ..Default::default()
-            }]),
-        };
-        let list = k8s_openapi::List {
-            items: vec![slice],
-            metadata: Default::default(),
-        };
-        return json(200, serde_json::to_value(&list).unwrap());
+        return json(200, slices_of(&cluster));
     }
     if path == "/api/v1/namespaces/default/endpoints/kubernetes" {
-        let ep = Endpoints {
-            metadata: ObjectMeta {
-                name: Some("kubernetes".into()),
-                namespace: Some("default".into()),
-                ..Default::default()
-            },
-            subsets: Some(vec![EndpointSubset {
-                addresses: Some(
-                    cluster
-                        .endpoints
-                        .iter()
-                        .map(|e| EndpointAddress {
-                            ip: e.ip().to_string(),
-                            ..Default::default()
-                        })
-                        .collect(),
-                ),
-                ports: Some(vec![EndpointPort {
-                    name: Some("https".into()),
-                    port: cluster
-                        .endpoints
-                        .first()
-                        .map(|e| e.port() as i32)
-                        .unwrap_or(443),
-                    ..Default::default()
-                }]),
-                ..Default::default()
-            }]),
-        };
-        return json(200, serde_json::to_value(&ep).unwrap());
+        return json(200, endpoints_of(&cluster));
     }
     status(404, "NotFound", &format!("{path} not found"))
+}
+
+fn node_of(cluster: &Cluster) -> serde_json::Value {
+    let node = Node {
+        metadata: ObjectMeta {
+            name: Some(cluster.node.clone()),
+            uid: Some(cluster.node_uid.clone()),
+            ..Default::default()
+        },
+        spec: Some(NodeSpec {
+            pod_cidr: cluster.pod_cidrs.first().cloned(),
+            pod_cidrs: if cluster.pod_cidrs.is_empty() {
+                None
+            } else {
+                Some(cluster.pod_cidrs.clone())
+            },
+            ..Default::default()
+        }),
+        status: None,
+    };
+    serde_json::to_value(&node).unwrap()
+}
+
+fn slices_of(cluster: &Cluster) -> serde_json::Value {
+    let slice = EndpointSlice {
+        metadata: ObjectMeta {
+            name: Some("kubernetes".into()),
+            namespace: Some("default".into()),
+            labels: Some(BTreeMap::from([(
+                "kubernetes.io/service-name".into(),
+                "kubernetes".into(),
+            )])),
+            ..Default::default()
+        },
+        address_type: "IPv4".into(),
+        endpoints: cluster
+            .endpoints
+            .iter()
+            .map(|e| Endpoint {
+                addresses: vec![e.ip().to_string()],
+                ..Default::default()
+            })
+            .collect(),
+        ports: Some(vec![SlicePort {
+            name: Some("https".into()),
+            port: cluster.endpoints.first().map(|e| e.port() as i32),
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+    };
+    let list = k8s_openapi::List {
+        items: vec![slice],
+        metadata: Default::default(),
+    };
+    serde_json::to_value(&list).unwrap()
+}
+
+fn endpoints_of(cluster: &Cluster) -> serde_json::Value {
+    let ep = Endpoints {
+        metadata: ObjectMeta {
+            name: Some("kubernetes".into()),
+            namespace: Some("default".into()),
+            ..Default::default()
+        },
+        subsets: Some(vec![EndpointSubset {
+            addresses: Some(
+                cluster
+                    .endpoints
+                    .iter()
+                    .map(|e| EndpointAddress {
+                        ip: e.ip().to_string(),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            ports: Some(vec![EndpointPort {
+                name: Some("https".into()),
+                port: cluster
+                    .endpoints
+                    .first()
+                    .map(|e| e.port() as i32)
+                    .unwrap_or(443),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }]),
+    };
+    serde_json::to_value(&ep).unwrap()
 }
 
 /// Writes a kubeconfig for `server` trusting `ca_pem`; auth by token file or client cert.
