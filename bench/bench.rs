@@ -38,12 +38,7 @@ fn exec(bin: &str, cmd: &str, conf: &Value, cid: &str, netns: &str) -> Proc {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn plugin");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(conf.to_string().as_bytes())
-        .unwrap();
+    feed(&mut child, conf);
     let mut out = String::new();
     child
         .stdout
@@ -698,12 +693,7 @@ fn max_fds(bin: &str, conf: &Value, netns: &str) -> usize {
         .spawn()
         .expect("spawn plugin");
     let dir = format!("/proc/{}/fd", child.id());
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(conf.to_string().as_bytes())
-        .unwrap();
+    feed(&mut child, conf);
     let mut max = 0;
     while child.try_wait().unwrap().is_none() {
         max = max.max(std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0));
@@ -767,4 +757,12 @@ fn machine() -> String {
         "Machine: {cpu}, {cores} cores, kernel {}; reference plugins: Debian containernetworking-plugins {plugins}.",
         kernel.trim()
     )
+}
+
+/// Writes the config to a spawned plugin's stdin and closes it.
+fn feed(child: &mut std::process::Child, conf: &Value) {
+    let mut stdin = child.stdin.take().expect("plugin stdin");
+    stdin
+        .write_all(conf.to_string().as_bytes())
+        .expect("write config");
 }
