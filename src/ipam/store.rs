@@ -1,11 +1,10 @@
 //! The lease store: host-local's on-disk layout, so operators can read it with `ls` and `cat`.
 //!
 //! `ipam/<network>/<ip>` holds `<containerID>\r\n<ifname>`; `last_reserved_ip.<set>` remembers
-//! where round-robin continues; `lock` serialises every change. A lease's owner is written and
-//! fsynced under a temporary name and then hard-linked to the address's name, so a lease never
-//! exists without its owner, and it is on disk (directory fsynced) before its address is
-//! configured: a crash leaves a lease that DEL or GC release, never an address in use without a
-//! lease. Everything is reached through directory handles without following symlinks.
+//! where round-robin continues; `lock` serialises every change. A lease's owner is written to a
+//! nameless file (or a temporary name) and then linked to the address's name, so a lease never
+//! exists without its owner, and it is on disk (file and directory fsynced) before ADD answers:
+//! a crash leaves a lease that DEL or GC release, never an address in use without a lease. Everything is reached through directory handles without following symlinks.
 
 use crate::cni::{Error, Result};
 use crate::state::at::{self, Dir};
@@ -236,15 +235,15 @@ impl Store {
         String::from_utf8(b).ok()?.trim().parse().ok()
     }
 
-    /// Records where round-robin continues (temp file, rename); [`Store::sync`] makes it durable
-    /// together with the lease just reserved: one directory fsync for both. Its
-    /// content is not fsynced on its own: lost in a power cut, it reads as absent and round-robin
-    /// starts over at the range start, which is harmless.
+    /// Records where round-robin continues, in place (see [`Dir::overwrite`]); [`Store::sync`]
+    /// makes a new entry durable together with the lease just reserved: one directory fsync for
+    /// both. Its content is not fsynced on its own: torn by a kill or lost in a power cut, it
+    /// reads as absent (or as another address of the range) and round-robin starts elsewhere,
+    /// which is harmless.
     pub fn set_last_reserved(&self, set: usize, ip: IpAddr) -> Result<()> {
-        self.dir.write_atomic_fp(
+        self.dir.overwrite(
             &format!("last_reserved_ip.{set}"),
             ip.to_string().as_bytes(),
-            at::Sync::Later,
             "last-reserved-temp-written",
         )?;
         self.dirty.store(true, Ordering::Relaxed);
