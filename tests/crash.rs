@@ -17,10 +17,10 @@ const STEPS: &[&str] = &[
     "ipam-lease-written",
     "ipam-leased",
     "add-veth",
-    "add-configured",
     "add-ifb",
-    "add-shaped",
     "record-temp",
+    "add-configured",
+    "add-shaped",
     "add-recorded",
 ];
 

@@ -156,7 +156,8 @@ pub enum VethCreate {
 }
 
 /// Creates a veth pair in one request: `host` here, `peer` directly inside the namespace
-/// `peer_ns`, so the pod's name never collides with a host device, both with `mtu`.
+/// `peer_ns`, so the pod's name never collides with a host device, both with `mtu`. The host end
+/// is created up (one request fewer); the pod end is brought up once it has its addresses.
 pub async fn create_veth(
     h: &Host,
     host: &str,
@@ -168,7 +169,9 @@ pub async fn create_veth(
     let mut peer_msg = LinkMessageBuilder::<LinkUnspec>::default()
         .name(peer.to_string())
         .setns_by_fd(peer_ns);
-    let mut msg = LinkMessageBuilder::<LinkUnspec>::default().name(host.to_string());
+    let mut msg = LinkMessageBuilder::<LinkUnspec>::default()
+        .name(host.to_string())
+        .up();
     if let Some(mtu) = mtu {
         peer_msg = peer_msg.mtu(mtu);
         msg = msg.mtu(mtu);

@@ -158,19 +158,21 @@ impl Netns {
         Ok(own.dev() == this.dev() && own.ino() == this.ino())
     }
 
-    /// A netlink handle whose socket lives in this namespace, driven by the caller's runtime.
+    /// Starts making a netlink handle whose socket lives in this namespace, driven by the
+    /// caller's runtime; the caller goes on with other work meanwhile, and
+    /// [`Connecting::finish`] waits for it.
     ///
     /// Only the socket is made on a short-lived thread that `setns`es first: a netlink socket
     /// belongs to the namespace it was created in for its whole life, so all the work then runs
     /// on the caller's runtime, concurrently with work in the plugin's own namespace, and the
     /// caller's thread never leaves its namespace.
-    pub fn connect(&self) -> Result<Pod> {
+    pub fn start_connect(&self) -> Result<Connecting> {
         let file = self
             .file
             .try_clone()
             .map_err(|e| Error::io(format!("dup {}", self.path.display()), e))?;
         let path = self.path.clone();
-        let socket = std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("netns-socket".into())
             .spawn(move || -> Result<rtnetlink::sys::Socket> {
                 nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
@@ -178,7 +180,20 @@ impl Netns {
                 rtnetlink::sys::Socket::new(rtnetlink::sys::protocols::NETLINK_ROUTE)
                     .map_err(|e| Error::io("opening a netlink socket in the pod netns", e))
             })
-            .map_err(|e| Error::Internal(format!("spawning netns thread: {e}")))?
+            .map_err(|e| Error::Internal(format!("spawning netns thread: {e}")))?;
+        Ok(Connecting(thread))
+    }
+}
+
+/// A pod-netns socket being made (see [`Netns::start_connect`]).
+pub struct Connecting(std::thread::JoinHandle<Result<rtnetlink::sys::Socket>>);
+
+impl Connecting {
+    /// Waits for the socket (the thread's only work is `setns` and `socket`) and connects it to
+    /// the caller's runtime.
+    pub fn finish(self) -> Result<Pod> {
+        let socket = self
+            .0
             .join()
             .map_err(|_| Error::Internal("netns socket thread panicked".into()))??;
         // SAFETY: the fd was just created by the thread above and ownership moves here whole.

@@ -49,6 +49,9 @@ pub async fn add(req: &Add) -> Result<CniResult> {
             (plan, netns)
         }
     };
+    // The pod's socket is made on a thread of its own while the lock and the leftovers of an
+    // earlier attempt are seen to.
+    let pod = netns.start_connect()?;
     let host = Host::connect()?;
     let (cid, ifname) = (&req.att.container_id, &req.att.ifname);
     let lock = state::lock_attachment(&conf.state_dir, conf.name(), cid, ifname)?;
@@ -59,7 +62,7 @@ pub async fn add(req: &Add) -> Result<CniResult> {
     clear_previous_attempt(&host, req, &names, &plan, &target, lock.existed).await?;
     failpoint::hit("add-cleared");
 
-    let pod = netns.connect()?;
+    let pod = pod.finish()?;
     let w = Wiring {
         req,
         host: &host,
@@ -110,9 +113,42 @@ async fn steps(w: &Wiring<'_>, undo: &mut Undo) -> Result<CniResult> {
     };
     undo.push(Step::Leased);
     failpoint::hit("ipam-leased");
+    let links = create_links(w, undo).await?;
 
+    // The record is written and fsynced on a blocking thread while both ends are configured
+    // and shaped: the disk's wait and the kernel's work overlap.
+    let result = result_of(&links, w.netns.path(), &assigned);
+    let record = record_of(w, &result, links.ifb.clone());
+    let state_dir = w.req.conf.state_dir.clone();
+    let written = tokio::task::spawn_blocking(move || state::write(&state_dir, &record));
+    let configured = configure(w, &links, &assigned).await;
+    let written = written
+        .await
+        .map_err(|e| Error::Internal(format!("writing the record: {e}")))?;
+    if written.is_ok() {
+        undo.push(Step::Record);
+    }
+    configured?;
+    written?;
+    if w.limits.ingress.is_some() || w.limits.egress.is_some() {
+        failpoint::hit("add-shaped");
+    }
+    durable.wait().await?;
+    failpoint::hit("add-recorded");
+    Ok(result)
+}
+
+/// The attachment's links, as the kernel made them.
+struct Links {
+    host: Link,
+    pod: Link,
+    ifb: Option<Link>,
+}
+
+/// The veth pair (the pod end straight into the pod netns) and, when egress is shaped on one,
+/// the ifb; each recorded in `undo` once it exists.
+async fn create_links(w: &Wiring<'_>, undo: &mut Undo) -> Result<Links> {
     let ifname = &w.req.att.ifname;
-    let netns_path = w.netns.path();
     let created = link::create_veth(
         w.host,
         &w.names.host_veth,
@@ -125,53 +161,49 @@ async fn steps(w: &Wiring<'_>, undo: &mut Undo) -> Result<CniResult> {
     if let VethCreate::Exists = created {
         return Err(Error::InterfaceExists(format!(
             "interface {ifname} already exists in {}",
-            netns_path.display()
+            w.netns.path().display()
         )));
     }
     undo.push(Step::Link(w.names.host_veth.clone()));
     failpoint::hit("add-veth");
 
-    // Pod side and host side (with the ifb) run concurrently.
-    let pod_side = async {
-        let l = configure_pod(w.pod, ifname, &assigned.leases, &assigned.routes).await?;
-        bandwidth::shape_pod(w.pod, &l, w.limits).await?;
-        Ok::<_, Error>(l)
-    };
     let host_side = async {
-        let host = configure_host(w.host, &w.names.host_veth, &assigned.leases).await?;
+        let host = link::by_name(w.host, &w.names.host_veth)
+            .await?
+            .ok_or_else(|| {
+                Error::Internal(format!(
+                    "{} vanished right after creation",
+                    w.names.host_veth
+                ))
+            })?;
         let ifb =
             bandwidth::create_ifb(w.host, &host, w.limits, &w.names.ifb, w.names.group).await?;
-        if let Some(i) = &ifb {
-            undo.push(Step::Link(i.name.clone()));
-            failpoint::hit("add-ifb");
-        }
         Ok::<_, Error>((host, ifb))
     };
-    let (pod, host) = futures::join!(pod_side, host_side);
-    let (pod, (host, ifb)) = (pod?, host?);
-    failpoint::hit("add-configured");
+    let (pod, host) = futures::join!(link::by_name(w.pod, ifname), host_side);
+    let (host, ifb) = host?;
+    if let Some(i) = &ifb {
+        undo.push(Step::Link(i.name.clone()));
+        failpoint::hit("add-ifb");
+    }
+    let pod =
+        pod?.ok_or_else(|| Error::Internal(format!("{ifname} vanished from the pod netns")))?;
+    Ok(Links { host, pod, ifb })
+}
 
-    // The record (written and fsynced on a blocking thread) while the host end is shaped: the
-    // two slowest steps left, one on the disk and one in the kernel.
-    let result = result_of(&host, &pod, ifb.as_ref(), netns_path, &assigned);
-    let record = record_of(w, &result, ifb.clone());
-    let state_dir = w.req.conf.state_dir.clone();
-    let written = tokio::task::spawn_blocking(move || state::write(&state_dir, &record));
-    let shaped = bandwidth::shape_host(w.host, &host, w.limits, ifb.as_ref()).await;
-    let written = written
-        .await
-        .map_err(|e| Error::Internal(format!("writing the record: {e}")))?;
-    if written.is_ok() {
-        undo.push(Step::Record);
-    }
-    shaped?;
-    written?;
-    if w.limits.ingress.is_some() || w.limits.egress.is_some() {
-        failpoint::hit("add-shaped");
-    }
-    durable.wait().await?;
-    failpoint::hit("add-recorded");
-    Ok(result)
+/// Pod side and host side, each configured and then shaped, concurrently.
+async fn configure(w: &Wiring<'_>, l: &Links, assigned: &Assigned) -> Result<()> {
+    let pod_side = async {
+        configure_pod(w.pod, &l.pod, &assigned.leases, &assigned.routes).await?;
+        bandwidth::shape_pod(w.pod, &l.pod, w.limits).await
+    };
+    let host_side = async {
+        configure_host(w.host, &l.host, &assigned.leases).await?;
+        failpoint::hit("add-configured");
+        bandwidth::shape_host(w.host, &l.host, w.limits, l.ifb.as_ref()).await
+    };
+    let (pod, host) = futures::join!(pod_side, host_side);
+    pod.and(host)
 }
 
 fn record_of(w: &Wiring<'_>, result: &CniResult, ifb: Option<Link>) -> Record {
@@ -199,29 +231,23 @@ fn record_of(w: &Wiring<'_>, result: &CniResult, ifb: Option<Link>) -> Record {
     }
 }
 
-fn result_of(
-    host: &Link,
-    pod: &Link,
-    ifb: Option<&Link>,
-    netns: &std::path::Path,
-    a: &Assigned,
-) -> CniResult {
+fn result_of(l: &Links, netns: &std::path::Path, a: &Assigned) -> CniResult {
     let mut interfaces = vec![
         Interface {
-            name: host.name.clone(),
-            mac: host.mac.clone(),
-            mtu: host.mtu,
+            name: l.host.name.clone(),
+            mac: l.host.mac.clone(),
+            mtu: l.host.mtu,
             ..Default::default()
         },
         Interface {
-            name: pod.name.clone(),
-            mac: pod.mac.clone(),
-            mtu: pod.mtu,
+            name: l.pod.name.clone(),
+            mac: l.pod.mac.clone(),
+            mtu: l.pod.mtu,
             sandbox: Some(netns.display().to_string()),
             ..Default::default()
         },
     ];
-    interfaces.extend(ifb.map(bandwidth::ifb_interface));
+    interfaces.extend(l.ifb.as_ref().map(bandwidth::ifb_interface));
     CniResult {
         interfaces,
         ips: a
@@ -287,10 +313,8 @@ async fn clear_previous_attempt(
 /// Pod end: addresses, up, then a link route to each gateway and the subnet via it (a routed
 /// point-to-point link: neighbours in the subnet are reached through the node), then the
 /// configured routes.
-async fn configure_pod(p: &Pod, ifname: &str, leases: &[Lease], routes: &[Route]) -> Result<Link> {
-    let l = link::by_name(p, ifname)
-        .await?
-        .ok_or_else(|| Error::Internal(format!("{ifname} vanished from the pod netns")))?;
+async fn configure_pod(p: &Pod, l: &Link, leases: &[Lease], routes: &[Route]) -> Result<()> {
+    let ifname = &l.name;
     for lease in leases {
         addr::add(p, l.index, lease.address, ifname).await?;
     }
@@ -302,26 +326,23 @@ async fn configure_pod(p: &Pod, ifname: &str, leases: &[Lease], routes: &[Route]
     for r in routes {
         route::add(p, r.dst, r.gw, l.index).await?;
     }
-    Ok(l)
+    Ok(())
 }
 
-/// Host end: up, the gateway addresses (as host routes, shared by every pod's veth), a route to
-/// each pod address, and forwarding.
-async fn configure_host(h: &Host, host_name: &str, leases: &[Lease]) -> Result<Link> {
-    let l = link::by_name(h, host_name)
-        .await?
-        .ok_or_else(|| Error::Internal(format!("{host_name} vanished right after creation")))?;
-    if leases.iter().any(|l| l.address.is_ipv6()) {
+/// Host end (created up): the gateway addresses (as host routes, shared by every pod's veth), a
+/// route to each pod address, and forwarding.
+async fn configure_host(h: &Host, l: &Link, leases: &[Lease]) -> Result<()> {
+    let host_name = &l.name;
+    if leases.iter().any(|x| x.address.is_ipv6()) {
         sysctl::disable_dad(host_name)?;
     }
-    link::set_up(h, l.index, host_name).await?;
     for lease in leases {
         addr::add(h, l.index, IpNetwork::from(lease.gateway), host_name).await?;
         route::add(h, IpNetwork::from(lease.address.ip()), None, l.index).await?;
     }
     sysctl::enable_forwarding(
-        leases.iter().any(|l| l.address.is_ipv4()),
-        leases.iter().any(|l| l.address.is_ipv6()),
+        leases.iter().any(|x| x.address.is_ipv4()),
+        leases.iter().any(|x| x.address.is_ipv6()),
     )?;
-    Ok(l)
+    Ok(())
 }

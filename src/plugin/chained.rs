@@ -56,8 +56,8 @@ pub async fn host_end(h: &Host, prev: &CniResult, pod: &Link) -> Result<Link> {
 pub async fn add(req: &Add) -> Result<CniResult> {
     let limits = Limits::from_conf(&req.conf.bandwidth, req.conf.mtu)?;
     let netns = Netns::open(&req.netns)?;
+    let pod = netns.start_connect()?;
     let host = Host::connect()?;
-    let pod = netns.connect()?;
     let (cid, ifname) = (&req.att.container_id, &req.att.ifname);
     let conf = &req.conf;
     let _lock = state::lock_attachment(&conf.state_dir, conf.name(), cid, ifname)?;
@@ -67,6 +67,7 @@ pub async fn add(req: &Add) -> Result<CniResult> {
     // A retried ADD: our ifb from last time goes first.
     link::delete_by_name(&host, &names.ifb).await?;
 
+    let pod = pod.finish()?;
     let target = super::add::target(req);
     // The veth is the earlier plugin's: only what this ADD added to it is undone (its qdiscs are
     // cleared to the kernel's default; the plugins holdfast chains after set none).

@@ -13,6 +13,7 @@ pub async fn check(req: &Check) -> Result<()> {
     let conf = &req.conf;
     let limits = Limits::from_conf(&conf.bandwidth, conf.mtu)?;
     let netns = Netns::open(&req.netns)?;
+    let pod = netns.start_connect()?;
     let (cid, ifname) = (&req.att.container_id, &req.att.ifname);
     let _lock = state::lock_attachment(&conf.state_dir, conf.name(), cid, ifname)?;
     let record = state::read(&conf.state_dir, conf.name(), cid, ifname)?.ok_or_else(|| {
@@ -21,7 +22,7 @@ pub async fn check(req: &Check) -> Result<()> {
         ))
     })?;
     let host = Host::connect()?;
-    let pod = netns.connect()?;
+    let pod = pod.finish()?;
     let sandbox = netns.path().display().to_string();
     let (h, p) = futures::join!(
         check_host_side(&host, req, &record, &limits),

@@ -71,7 +71,8 @@ pub struct Delegated {
 
 impl Record {
     /// A record of what ADD returned; the IPs come from the result. Mode-specific fields (host
-    /// interface, ifb, IPAM delegate) start empty.
+    /// interface, ifb, IPAM delegate) start empty, and so does the netns identity: the caller
+    /// takes it from the fd it checked, not from the path again.
     pub fn new(
         network: &str,
         container_id: &str,
@@ -93,7 +94,7 @@ impl Record {
             ipam_delegate: None,
             result: result.to_value(Version::V1_1_0),
             created_unix: now_unix(),
-            netns_id: netns::identity(netns),
+            netns_id: None,
             boot_id: boot_id(),
         }
     }
@@ -168,12 +169,17 @@ impl Record {
     }
 }
 
-/// This boot's ID, if the kernel tells it.
+/// This boot's ID, if the kernel tells it (read once per process: it cannot change under one).
 pub fn boot_id() -> Option<String> {
-    let b = at::read_path(Path::new("/proc/sys/kernel/random/boot_id"), 128).ok()??;
-    let s = String::from_utf8(b).ok()?;
-    let s = s.trim();
-    (!s.is_empty()).then(|| s.to_string())
+    static BOOT_ID: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    BOOT_ID
+        .get_or_init(|| {
+            let b = at::read_path(Path::new("/proc/sys/kernel/random/boot_id"), 128).ok()??;
+            let s = String::from_utf8(b).ok()?;
+            let s = s.trim();
+            (!s.is_empty()).then(|| s.to_string())
+        })
+        .clone()
 }
 
 /// Container IDs longer than this get a hashed file name.

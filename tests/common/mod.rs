@@ -275,7 +275,7 @@ impl World {
         )))
         .unwrap();
         holdfast::runtime::block_on(async {
-            let h = ns.connect()?;
+            let h = ns.start_connect()?.finish()?;
             let Some(l) = link::by_name(&h, name).await? else {
                 return Ok((None, None, None));
             };
