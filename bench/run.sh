@@ -6,8 +6,9 @@
 #        bench/run.sh --only storm     the 200-pod boot storm alone
 set -euo pipefail
 cd "$(dirname "$0")/.."
-dpkg-query -W containernetworking-plugins >/dev/null 2>&1 || {
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq containernetworking-plugins >/dev/null; }
+# GNU time measures each plugin's peak RSS (bench.rs, Run::Rss).
+dpkg-query -W containernetworking-plugins time >/dev/null 2>&1 || {
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq containernetworking-plugins time >/dev/null; }
 export HOLDFAST_BIN
 HOLDFAST_BIN=$(scripts/build-release.sh)
 cargo run --release --locked --quiet --example bench -- "$@"
