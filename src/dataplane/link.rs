@@ -149,7 +149,8 @@ pub async fn delete_group(h: &Nl, group: u32, expected: &[&str]) -> Result<bool>
 
 /// Outcome of creating a veth pair.
 pub enum VethCreate {
-    Created,
+    /// Made; the host end as the kernel echoed it, where the kernel echoes.
+    Created(Option<Link>),
     /// A device of the peer's name already exists in the peer's namespace (or the host name is
     /// taken); nothing was created.
     Exists,
@@ -182,15 +183,49 @@ pub async fn create_veth(
         NlLinkInfo::Kind(InfoKind::Veth),
         NlLinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer_msg.build()))),
     ]));
-    let nl: &Nl = h;
-    match nl.0.link().add(msg).execute().await {
-        Ok(()) => Ok(VethCreate::Created),
+    match create_echoed(h, msg, host).await {
+        Ok(echoed) => Ok(VethCreate::Created(echoed)),
         Err(e) if super::errno(&e) == Some(libc::EEXIST) => Ok(VethCreate::Exists),
         Err(e) => Err(super::nl_error(
             format!("creating veth {host} (peer {peer})"),
             &e,
         )),
     }
+}
+
+/// Creates a link with `NLM_F_ECHO`, so the kernel answers with the link it made (Linux 6.2 and
+/// later) and no lookup has to follow; `Ok(None)` from a kernel that only acknowledges. Only an
+/// echo of `name` counts (a veth's peer is in another namespace, but that is the kernel's call).
+async fn create_echoed(
+    h: &Nl,
+    msg: LinkMessage,
+    name: &str,
+) -> std::result::Result<Option<Link>, rtnetlink::Error> {
+    use futures::StreamExt;
+    use netlink_packet_core::{
+        NLM_F_ACK, NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL, NLM_F_REQUEST, NetlinkMessage,
+        NetlinkPayload,
+    };
+    use netlink_packet_route::RouteNetlinkMessage;
+    let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewLink(msg));
+    req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_EXCL | NLM_F_CREATE | NLM_F_ECHO;
+    let mut resp = h.0.clone().request(req)?;
+    let mut made = None;
+    while let Some(m) = resp.next().await {
+        match m.payload {
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => {
+                let l = Link::from_message(&l);
+                if l.name == name {
+                    made = Some(l);
+                }
+            }
+            NetlinkPayload::Error(e) if e.code.is_some() => {
+                return Err(rtnetlink::Error::NetlinkError(e));
+            }
+            _ => {}
+        }
+    }
+    Ok(made)
 }
 
 pub async fn set_up(h: &Nl, index: u32, what: &str) -> Result<()> {
@@ -210,15 +245,15 @@ pub async fn create_ifb(h: &Host, name: &str, mtu: Option<u32>, group: u32) -> R
     if let Some(mtu) = mtu {
         b = b.mtu(mtu);
     }
-    let nl: &Nl = h;
-    nl.0.link()
-        .add(b.build())
-        .execute()
+    let echoed = create_echoed(h, b.build(), name)
         .await
         .map_err(|e| super::nl_error(format!("creating ifb {name}"), &e))?;
-    by_name(h, name)
-        .await?
-        .ok_or_else(|| crate::cni::Error::Internal(format!("{name} vanished right after creation")))
+    match echoed {
+        Some(l) => Ok(l),
+        None => by_name(h, name).await?.ok_or_else(|| {
+            crate::cni::Error::Internal(format!("{name} vanished right after creation"))
+        }),
+    }
 }
 
 /// Deletes each named link that exists, logging (not failing on) what cannot be deleted: for

@@ -158,24 +158,29 @@ async fn create_links(w: &Wiring<'_>, undo: &mut Undo) -> Result<Links> {
         w.names.group,
     )
     .await?;
-    if let VethCreate::Exists = created {
-        return Err(Error::InterfaceExists(format!(
-            "interface {ifname} already exists in {}",
-            w.netns.path().display()
-        )));
-    }
+    let echoed = match created {
+        VethCreate::Created(echoed) => echoed,
+        VethCreate::Exists => {
+            return Err(Error::InterfaceExists(format!(
+                "interface {ifname} already exists in {}",
+                w.netns.path().display()
+            )));
+        }
+    };
     undo.push(Step::Link(w.names.host_veth.clone()));
     failpoint::hit("add-veth");
 
     let host_side = async {
-        let host = link::by_name(w.host, &w.names.host_veth)
-            .await?
-            .ok_or_else(|| {
-                Error::Internal(format!(
-                    "{} vanished right after creation",
-                    w.names.host_veth
-                ))
-            })?;
+        let host = match echoed {
+            Some(l) => Some(l),
+            None => link::by_name(w.host, &w.names.host_veth).await?,
+        };
+        let host = host.ok_or_else(|| {
+            Error::Internal(format!(
+                "{} vanished right after creation",
+                w.names.host_veth
+            ))
+        })?;
         let ifb =
             bandwidth::create_ifb(w.host, &host, w.limits, &w.names.ifb, w.names.group).await?;
         Ok::<_, Error>((host, ifb))
