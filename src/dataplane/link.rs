@@ -201,31 +201,14 @@ async fn create_echoed(
     msg: LinkMessage,
     name: &str,
 ) -> std::result::Result<Option<Link>, rtnetlink::Error> {
-    use futures::StreamExt;
-    use netlink_packet_core::{
-        NLM_F_ACK, NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL, NLM_F_REQUEST, NetlinkMessage,
-        NetlinkPayload,
-    };
+    use netlink_packet_core::{NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL};
     use netlink_packet_route::RouteNetlinkMessage;
-    let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewLink(msg));
-    req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_EXCL | NLM_F_CREATE | NLM_F_ECHO;
-    let mut resp = h.0.clone().request(req)?;
-    let mut made = None;
-    while let Some(m) = resp.next().await {
-        match m.payload {
-            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => {
-                let l = Link::from_message(&l);
-                if l.name == name {
-                    made = Some(l);
-                }
-            }
-            NetlinkPayload::Error(e) if e.code.is_some() => {
-                return Err(rtnetlink::Error::NetlinkError(e));
-            }
-            _ => {}
-        }
-    }
-    Ok(made)
+    let flags = NLM_F_EXCL | NLM_F_CREATE | NLM_F_ECHO;
+    let answers = super::exchange(h, RouteNetlinkMessage::NewLink(msg), flags).await?;
+    Ok(answers.iter().find_map(|m| match m {
+        RouteNetlinkMessage::NewLink(l) => Some(Link::from_message(l)).filter(|l| l.name == name),
+        _ => None,
+    }))
 }
 
 pub async fn set_up(h: &Nl, index: u32, what: &str) -> Result<()> {

@@ -63,18 +63,34 @@ async fn request(
     fine: &[i32],
     what: &str,
 ) -> Result<()> {
+    match exchange(h, msg, flags).await {
+        Ok(_) => Ok(()),
+        Err(e) if errno(&e).is_some_and(|n| fine.contains(&n)) => Ok(()),
+        Err(e) => Err(nl_error(what, &e)),
+    }
+}
+
+/// Sends one request with `flags` (plus `NLM_F_REQUEST | NLM_F_ACK`) and returns the messages
+/// the kernel answered with before its ack (an echo, a dump), or the kernel's error.
+async fn exchange(
+    h: &Nl,
+    msg: RouteNetlinkMessage,
+    flags: u16,
+) -> std::result::Result<Vec<RouteNetlinkMessage>, rtnetlink::Error> {
     let mut req = NetlinkMessage::from(msg);
     req.header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
-    let mut resp = h.0.clone().request(req).map_err(|e| nl_error(what, &e))?;
+    let mut resp = h.0.clone().request(req)?;
+    let mut answers = Vec::new();
     while let Some(m) = resp.next().await {
-        if let NetlinkPayload::Error(e) = m.payload {
-            let e = rtnetlink::Error::NetlinkError(e);
-            if !errno(&e).is_some_and(|n| fine.contains(&n)) {
-                return Err(nl_error(what, &e));
+        match m.payload {
+            NetlinkPayload::InnerMessage(inner) => answers.push(inner),
+            NetlinkPayload::Error(e) if e.code.is_some() => {
+                return Err(rtnetlink::Error::NetlinkError(e));
             }
+            _ => {}
         }
     }
-    Ok(())
+    Ok(answers)
 }
 
 /// A kernel request that failed: the operation and the kernel's errno text (code 999).

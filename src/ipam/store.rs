@@ -4,7 +4,8 @@
 //! where round-robin continues; `lock` serialises every change. A lease's owner is written to a
 //! nameless file (or a temporary name) and then linked to the address's name, so a lease never
 //! exists without its owner, and it is on disk (file and directory fsynced) before ADD answers:
-//! a crash leaves a lease that DEL or GC release, never an address in use without a lease. Everything is reached through directory handles without following symlinks.
+//! a crash leaves a lease that DEL or GC release, never an address in use without a lease.
+//! Everything is reached through directory handles without following symlinks.
 
 use crate::cni::{Error, Result};
 use crate::state::at::{self, Dir};

@@ -322,9 +322,8 @@ impl Dir {
 
     /// Creates `name` holding `bytes` only if nothing has that name (`Ok(None)` if it is taken):
     /// the content is written to a nameless inode (or under a temporary name) and then linked
-    /// into place, so `name`
-    /// never exists without its content (not on ENOSPC, not after a kill at any instant). The
-    /// content is not fsynced here: the open file is returned for the caller to fsync, with the
+    /// into place, so `name` never exists without its content (not on ENOSPC, not after a kill at
+    /// any instant). The content is not fsynced here: the open file is returned for the caller to fsync, with the
     /// directory, before it reports anything durable.
     pub fn create_unsynced(&self, name: &str, bytes: &[u8]) -> Result<Option<File>> {
         self.link_new(name, bytes)
