@@ -8,18 +8,8 @@ CACHE=${HOLDFAST_CACHE:-/var/cache/holdfast}
 OUT="$CACHE/kube-apiserver-1.20.2"
 if [ -x "$OUT" ]; then echo "$OUT"; exit 0; fi
 log() { echo "apiserver/build.sh: $*" >&2; }
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 
-if [ ! -f /etc/apt/sources.list.d/holdfast-deb-src.sources ]; then
-  log "adding deb-src for bookworm"
-  cat > /etc/apt/sources.list.d/holdfast-deb-src.sources <<SRC
-Types: deb-src
-URIs: http://deb.debian.org/debian
-Suites: bookworm
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-SRC
-  apt-get update -qq >&2
-fi
 need=()
 for p in golang-1.19-go rsync golang-github-modern-go-reflect2-dev dpkg-dev etcd-server make; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need+=("$p")
@@ -33,7 +23,8 @@ SRC="$CACHE/src"
 mkdir -p "$SRC"
 if [ -z "$(ls -d "$SRC"/kubernetes-*/ 2>/dev/null)" ]; then
   log "fetching the kubernetes source package"
-  (cd "$SRC" && apt-get source -qq kubernetes >&2)
+  # Through a private apt configuration: the machine's apt sources are never changed.
+  (cd "$SRC" && "$ROOT/tests/lib/apt-private.sh" bookworm deb-src source -qq kubernetes >&2)
 fi
 TREE=$(ls -d "$SRC"/kubernetes-*/ | head -n1)
 # The vendored reflect2 does not build with Go 1.18+; Debian's 1.0.2 does.
