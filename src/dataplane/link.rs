@@ -116,6 +116,19 @@ pub async fn delete_by_name(h: &Nl, name: &str) -> Result<bool> {
 pub async fn delete_group(h: &Nl, group: u32, expected: &[&str]) -> Result<bool> {
     // One dump tells what exists and who is in the group; no per-name lookups after it.
     let links = all(h).await?;
+    delete_group_in(h, &links, group, expected).await
+}
+
+/// As [`delete_group`], deciding from `links`, a dump taken earlier: a teardown of many
+/// attachments dumps once, not once each. The caller holds the attachments' locks, so nothing
+/// of theirs was made or removed since the dump; links another invocation removed meanwhile
+/// are simply gone.
+pub async fn delete_group_in(
+    h: &Nl,
+    links: &[Link],
+    group: u32,
+    expected: &[&str],
+) -> Result<bool> {
     let members: Vec<&Link> = links.iter().filter(|l| l.group == group).collect();
     let ours = !members.is_empty() && members.iter().all(|l| expected.contains(&l.name.as_str()));
     let existed = links.iter().any(|l| expected.contains(&l.name.as_str()));
@@ -236,15 +249,5 @@ pub async fn create_ifb(h: &Host, name: &str, mtu: Option<u32>, group: u32) -> R
         None => by_name(h, name).await?.ok_or_else(|| {
             crate::cni::Error::Internal(format!("{name} vanished right after creation"))
         }),
-    }
-}
-
-/// Deletes each named link that exists, logging (not failing on) what cannot be deleted: for
-/// undoing a failed ADD, where the first error is the one to report.
-pub async fn delete_quietly(h: &Host, names: &[&str]) {
-    for n in names {
-        if let Err(e) = delete_by_name(h, n).await {
-            tracing::warn!("undoing ADD: deleting {n}: {e}");
-        }
     }
 }

@@ -1,10 +1,11 @@
 //! ADD in interface mode (no `CNI_IFNAME` in `prevResult`): a veth pair, addresses, routes and
 //! limits. Each completed step is recorded, and a failure undoes exactly those steps.
 
+use super::Add;
 use super::bandwidth::{self, Limits};
 use super::reclaim;
+use super::teardown::{self, Net, Whose};
 use super::undo::{Ctx, Step, Undo};
-use super::{Add, Attachment};
 use crate::cni::result::{Interface, IpConfig, Route};
 use crate::cni::{CniResult, Error, Result};
 use crate::dataplane::link::{self, Link, VethCreate};
@@ -12,8 +13,7 @@ use crate::dataplane::names::Names;
 use crate::dataplane::netns::Netns;
 use crate::dataplane::{Host, Pod, addr, route, sysctl};
 use crate::failpoint;
-use crate::ipam::store::Owner;
-use crate::ipam::{self, Assigned, Lease, Plan, Target};
+use crate::ipam::{Assigned, Lease, Plan, Target};
 use crate::state::{self, Delegated, Mode, Record};
 use ipnetwork::IpNetwork;
 
@@ -89,13 +89,9 @@ pub(super) fn target(req: &Add) -> Target<'_> {
     Target {
         state_dir: &req.conf.state_dir,
         network: req.conf.name(),
-        owner: owner(&req.att),
+        owner: req.att.clone(),
         path: &req.path,
     }
-}
-
-fn owner(att: &Attachment) -> Owner {
-    Owner::new(&att.container_id, &att.ifname)
 }
 
 /// The steps of ADD, each recorded in `undo` as soon as it is done.
@@ -272,7 +268,7 @@ fn result_of(l: &Links, netns: &std::path::Path, a: &Assigned) -> CniResult {
 /// A retried ADD (the runtime timed out, or we were killed) finds its own leftovers: the host
 /// veth and ifb by their deterministic names, a record, and leases (possibly with no record:
 /// killed between the lease and the record; `earlier` says an ADD ran for this attachment and
-/// no DEL since). They are this attachment's, and we hold its lock, so they go.
+/// no complete teardown since). They are this attachment's, and we hold its lock, so they go.
 async fn clear_previous_attempt(
     host: &Host,
     req: &Add,
@@ -284,11 +280,10 @@ async fn clear_previous_attempt(
     let conf = &req.conf;
     let (cid, ifname) = (&req.att.container_id, &req.att.ifname);
     // Without an earlier lock file only state from before locks existed can be left: one
-    // lookup tells, where the group delete below needs a dump of every link.
+    // lookup tells.
     if !earlier && link::by_name(host, &names.host_veth).await?.is_none() {
         return Ok(());
     }
-    let links = link::delete_group(host, names.group, &[&names.host_veth, &names.ifb]).await?;
     let record = match state::read(&conf.state_dir, conf.name(), cid, ifname) {
         Ok(r) => r,
         Err(e) => {
@@ -296,23 +291,17 @@ async fn clear_previous_attempt(
             None
         }
     };
-    if !earlier && !links && record.is_none() {
-        return Ok(());
-    }
     tracing::info!(container = %cid, ifname = %ifname,
-        "replacing leftovers of an earlier ADD (links: {links}, record: {})", record.is_some());
-    match (record.as_ref().and_then(|r| r.ipam_delegate.as_ref()), plan) {
-        // The delegate's DEL with what its ADD got, else with what this ADD would give it: it
-        // releases by container ID and ifname (host-local refuses a duplicate ADD otherwise).
-        (Some(d), _) => {
-            ipam::delegate::exec(&d.plugin, &req.path, "DEL", d.stdin.as_bytes()).await?;
-        }
-        (None, Plan::Delegate { .. }) => plan.undo(target).await?,
-        (None, Plan::Builtin { .. }) => {
-            ipam::release_owner(&conf.state_dir, conf.name(), &target.owner)?;
-        }
-    }
-    state::remove(&conf.state_dir, conf.name(), cid, ifname)
+        "replacing what an earlier ADD left (record: {})", record.is_some());
+    let net = Net {
+        host,
+        conf,
+        path: &req.path,
+    };
+    let whose = Whose::EarlierAttempt(plan, target);
+    teardown::attachment(&net, &req.att, record.as_ref(), whose, None)
+        .await
+        .map(|_| ())
 }
 
 /// Pod end: addresses, up, then a link route to each gateway and the subnet via it (a routed

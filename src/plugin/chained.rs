@@ -3,6 +3,7 @@
 
 use super::Add;
 use super::bandwidth::{self, Limits};
+use super::teardown::{self, Net, Whose};
 use super::undo::{Ctx, Step, Undo};
 use crate::cni::{CniResult, Error, Result};
 use crate::dataplane::link::{self, Link};
@@ -60,12 +61,24 @@ pub async fn add(req: &Add) -> Result<CniResult> {
     let host = Host::connect()?;
     let (cid, ifname) = (&req.att.container_id, &req.att.ifname);
     let conf = &req.conf;
-    let _lock = state::lock_attachment(&conf.state_dir, conf.name(), cid, ifname)?;
+    let lock = state::lock_attachment(&conf.state_dir, conf.name(), cid, ifname)?;
     failpoint::hit("add-locked");
     super::reclaim::after_reboot(&host, conf, &req.path).await;
     let names = Names::of(cid, ifname);
-    // A retried ADD: our ifb from last time goes first.
-    link::delete_by_name(&host, &names.ifb).await?;
+    // A retried ADD: our ifb and record from last time go first.
+    if lock.existed {
+        let record = state::read(&conf.state_dir, conf.name(), cid, ifname).unwrap_or_else(|e| {
+            tracing::warn!("replacing an unreadable attachment record: {e}");
+            None
+        });
+        let net = Net {
+            host: &host,
+            conf,
+            path: &req.path,
+        };
+        let whose = Whose::EarlierChained;
+        teardown::attachment(&net, &req.att, record.as_ref(), whose, None).await?;
+    }
 
     let pod = pod.finish()?;
     let target = super::add::target(req);

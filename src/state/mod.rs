@@ -285,15 +285,42 @@ pub fn read(
 
 /// Removes a record (a symlink there is removed, never followed), and the temp files of its
 /// writes that a killed ADD left (the caller holds the attachment lock, so none is in flight).
+/// Finding them costs a listing of every record.
 pub fn remove(state_dir: &Path, network: &str, container_id: &str, ifname: &str) -> Result<()> {
+    remove_record(state_dir, network, container_id, ifname, true)
+}
+
+/// As [`remove`], for a caller that [`list`]ed the records moments ago (which swept temps older
+/// than a minute): temps are looked for only when no record was there. A record is written once
+/// per ADD, after that ADD removed the earlier one, so a killed write's temp is left next to no
+/// record (unless planted).
+pub fn remove_listed(
+    state_dir: &Path,
+    network: &str,
+    container_id: &str,
+    ifname: &str,
+) -> Result<()> {
+    remove_record(state_dir, network, container_id, ifname, false)
+}
+
+fn remove_record(
+    state_dir: &Path,
+    network: &str,
+    container_id: &str,
+    ifname: &str,
+    always_sweep: bool,
+) -> Result<()> {
     check(network, container_id, ifname)?;
     let Some(d) = open_dir(state_dir, network, false)? else {
         return Ok(());
     };
     let name = file_name_of(container_id, ifname);
-    d.remove(&name)?;
+    let mut removed = d.remove(&name)?;
     if let Some(old) = legacy_name(container_id, ifname) {
-        d.remove(&old)?;
+        removed |= d.remove(&old)?;
+    }
+    if removed && !always_sweep {
+        return Ok(());
     }
     let prefix = at::temp_prefix(&name);
     if let Ok(names) = d.entries() {
