@@ -30,8 +30,11 @@ pub struct Net<'a> {
 }
 
 /// What a teardown of many attachments looks up once instead of once per attachment: the
-/// host's links, and the built-in leases by owner. Costs one link dump and one read of every
-/// lease file, so releasing an attachment then costs only what it owns.
+/// host's links (which tell whether a foreign link shares an attachment's group) and the
+/// built-in leases by owner. Costs one link dump and one read of every lease file, so releasing
+/// an attachment then costs only what it owns. Both may be stale by the time an attachment is
+/// locked: its own links are looked up again by name, and its record (read again under the
+/// lock) names the leases an ADD took since.
 #[derive(Default)]
 pub struct Batch {
     links: Vec<Link>,
