@@ -121,3 +121,62 @@ fn gc_racing_adds_leaves_every_attachment_whole_or_gone() {
     let refs: Vec<&str> = pods.iter().map(String::as_str).collect();
     assert_no_attachment_left(&w, &refs, "after a last GC");
 }
+
+#[test]
+#[ignore = "needs root"]
+fn failed_verbs_and_del_leave_no_lock_file() {
+    let mut w = World::new("failed_verbs_leave_no_lock_file");
+    // A /30 has a single pod address.
+    let conf = w.conf("1.1.0", ipam_v4("10.99.4.0/30"));
+    let (a, b) = (w.pod(), w.pod());
+    let r = verb(&w, "ADD", "a", &a, "eth0", &conf).run.ok().json();
+    assert!(
+        lock_file(&w, "a").exists(),
+        "a live attachment keeps its lock file"
+    );
+    verb(&w, "ADD", "b", &b, "eth0", &conf)
+        .run
+        .err(100, "10.99.4.0/30");
+    assert!(
+        !lock_file(&w, "b").exists(),
+        "a failed ADD left its lock file"
+    );
+    let prev = with_prev(&conf, &r);
+    verb(&w, "CHECK", "never", &b, "eth0", &prev)
+        .run
+        .err(101, "record");
+    assert!(!lock_file(&w, "never").exists(), "CHECK left a lock file");
+    verb(&w, "DEL", "never", &b, "eth0", &conf).run.ok();
+    verb(&w, "DEL", "a", &a, "eth0", &conf).run.ok();
+    verb(&w, "DEL", "a", &a, "eth0", &conf).run.ok();
+    assert_eq!(
+        files(&w.state_dir.join("locks/testnet")),
+        Vec::<String>::new(),
+        "lock files left"
+    );
+    assert_no_attachment_left(&w, &[&a, &b], "after every DEL");
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_directory_at_a_lease_name_does_not_fail_gc() {
+    let mut w = World::new("a_directory_at_a_lease_name");
+    let conf = w.conf("1.1.0", ipam_v4("10.99.5.0/29"));
+    let pod = w.pod();
+    let planted = w.state_dir.join("ipam/testnet/10.99.5.2");
+    std::fs::create_dir_all(planted.join("inside")).unwrap();
+    let r = verb(&w, "ADD", "c", &pod, "eth0", &conf).run.ok().json();
+    assert_eq!(
+        addr_of(&r, 0),
+        "10.99.5.3",
+        "the planted address is not handed out"
+    );
+    bare(&w, "GC", &gc_all(&conf), &[]).run.ok();
+    bare(&w, "GC", &gc_all(&conf), &[]).run.ok();
+    assert!(
+        planted.join("inside").is_dir(),
+        "GC removed what it did not make"
+    );
+    std::fs::remove_dir_all(&planted).unwrap();
+    assert_no_attachment_left(&w, &[&pod], "after GC");
+}

@@ -62,7 +62,17 @@ pub async fn add(req: &Add) -> Result<CniResult> {
     clear_previous_attempt(&host, req, &names, &plan, &target, lock.existed).await?;
     failpoint::hit("add-cleared");
 
-    let pod = pod.finish()?;
+    let cx = Ctx {
+        host: &host,
+        pod: None,
+        plan: Some(&plan),
+        target: &target,
+        state_dir: &conf.state_dir,
+    };
+    let pod = match pod.finish() {
+        Ok(p) => p,
+        Err(e) => return Undo::default().settle(Err(e), &cx, lock).await,
+    };
     let w = Wiring {
         req,
         host: &host,
@@ -74,15 +84,12 @@ pub async fn add(req: &Add) -> Result<CniResult> {
         limits: &limits,
     };
     let cx = Ctx {
-        host: &host,
         pod: Some(&pod),
-        plan: Some(&plan),
-        target: &target,
-        state_dir: &conf.state_dir,
+        ..cx
     };
     let mut undo = Undo::default();
     let outcome = steps(&w, &mut undo).await;
-    undo.settle(outcome, &cx).await
+    undo.settle(outcome, &cx, lock).await
 }
 
 pub(super) fn target(req: &Add) -> Target<'_> {

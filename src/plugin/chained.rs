@@ -80,20 +80,27 @@ pub async fn add(req: &Add) -> Result<CniResult> {
         teardown::attachment(&net, &req.att, record.as_ref(), whose, None).await?;
     }
 
-    let pod = pod.finish()?;
     let target = super::add::target(req);
     // The veth is the earlier plugin's: only what this ADD added to it is undone (its qdiscs are
     // cleared to the kernel's default; the plugins holdfast chains after set none).
     let cx = Ctx {
         host: &host,
-        pod: Some(&pod),
+        pod: None,
         plan: None,
         target: &target,
         state_dir: &req.conf.state_dir,
     };
+    let pod = match pod.finish() {
+        Ok(p) => p,
+        Err(e) => return Undo::default().settle(Err(e), &cx, lock).await,
+    };
+    let cx = Ctx {
+        pod: Some(&pod),
+        ..cx
+    };
     let mut undo = Undo::default();
     let outcome = steps(req, &host, &pod, &netns, &names, &limits, &mut undo).await;
-    undo.settle(outcome, &cx).await
+    undo.settle(outcome, &cx, lock).await
 }
 
 async fn steps(
