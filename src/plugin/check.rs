@@ -15,8 +15,8 @@ pub async fn check(req: &Check) -> Result<()> {
     let netns = Netns::open(&req.netns)?;
     let pod = netns.start_connect()?;
     let (cid, ifname) = (&req.att.container_id, &req.att.ifname);
-    let lock = state::lock_attachment(&conf.state_dir, conf.name(), cid, ifname)?;
-    let Some(record) = state::read(&conf.state_dir, conf.name(), cid, ifname)? else {
+    let lock = state::lock_attachment(&conf.state_dir, conf.name(), &req.att)?;
+    let Some(record) = state::read(&conf.state_dir, conf.name(), &req.att)? else {
         // Nothing of the attachment exists; the lock file this CHECK made goes with it.
         if !lock.existed {
             lock.remove()?;

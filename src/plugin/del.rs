@@ -11,12 +11,11 @@ use crate::state;
 
 pub async fn del(req: &Del) -> Result<()> {
     let conf = &req.conf;
-    let (cid, ifname) = (&req.att.container_id, &req.att.ifname);
     // The socket first: a DEL that fails before it has the lock leaves no lock file.
     let host = Host::connect()?;
-    let lock = state::lock_attachment(&conf.state_dir, conf.name(), cid, ifname)?;
+    let lock = state::lock_attachment(&conf.state_dir, conf.name(), &req.att)?;
     super::reclaim::after_reboot(&host, conf, &req.path).await;
-    let record = match state::read(&conf.state_dir, conf.name(), cid, ifname) {
+    let record = match state::read(&conf.state_dir, conf.name(), &req.att) {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!("ignoring unreadable attachment record: {e}");

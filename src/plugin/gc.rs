@@ -95,11 +95,10 @@ fn stale(
 /// it. Its record is read again under the lock: the listing may predate an ADD or DEL.
 async fn stale_one(net: &Net<'_>, batch: &Batch, id: &AttachmentId) -> Result<bool> {
     let conf = net.conf;
-    let (cid, ifname) = (&id.container_id, &id.ifname);
-    let Some(lock) = state::try_lock_attachment(&conf.state_dir, conf.name(), cid, ifname)? else {
+    let Some(lock) = state::try_lock_attachment(&conf.state_dir, conf.name(), id)? else {
         return Ok(false);
     };
-    let record = match state::read(&conf.state_dir, conf.name(), cid, ifname) {
+    let record = match state::read(&conf.state_dir, conf.name(), id) {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!("GC ignores an unreadable attachment record: {e}");

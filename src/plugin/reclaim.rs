@@ -127,11 +127,10 @@ fn entry(conf: &Conf, id: &AttachmentId, ips: Vec<IpAddr>, why: &str) -> Reclaim
 /// it came back to life (a new ADD replaced it) meanwhile.
 async fn one(net: &Net<'_>, batch: &Batch, id: &AttachmentId) -> Result<bool> {
     let conf = net.conf;
-    let (cid, ifname) = (&id.container_id, &id.ifname);
-    let Some(lock) = state::try_lock_attachment(&conf.state_dir, conf.name(), cid, ifname)? else {
+    let Some(lock) = state::try_lock_attachment(&conf.state_dir, conf.name(), id)? else {
         return Ok(false);
     };
-    let Some(r) = state::read(&conf.state_dir, conf.name(), cid, ifname)? else {
+    let Some(r) = state::read(&conf.state_dir, conf.name(), id)? else {
         return Ok(false);
     };
     if r.netns_alive() {
@@ -145,11 +144,10 @@ async fn one(net: &Net<'_>, batch: &Batch, id: &AttachmentId) -> Result<bool> {
 /// DEL came for; `Ok(None)` when an invocation holds it or it has a record by now.
 async fn orphan(net: &Net<'_>, batch: &Batch, id: &AttachmentId) -> Result<Option<Vec<IpAddr>>> {
     let conf = net.conf;
-    let (cid, ifname) = (&id.container_id, &id.ifname);
-    let Some(lock) = state::try_lock_attachment(&conf.state_dir, conf.name(), cid, ifname)? else {
+    let Some(lock) = state::try_lock_attachment(&conf.state_dir, conf.name(), id)? else {
         return Ok(None);
     };
-    if state::read(&conf.state_dir, conf.name(), cid, ifname)?.is_some() {
+    if state::read(&conf.state_dir, conf.name(), id)?.is_some() {
         return Ok(None);
     }
     teardown::attachment(net, id, None, Whose::Other(batch), Some(lock))

@@ -103,11 +103,10 @@ pub async fn attachment(
         });
     if errors.is_empty() {
         let conf = net.conf;
-        let (cid, ifname) = (&id.container_id, &id.ifname);
         match whose {
             // Its batch listed the records (sweeping old temps) moments ago.
-            Whose::Other(_) => state::remove_listed(&conf.state_dir, conf.name(), cid, ifname)?,
-            _ => state::remove(&conf.state_dir, conf.name(), cid, ifname)?,
+            Whose::Other(_) => state::remove_listed(&conf.state_dir, conf.name(), id)?,
+            _ => state::remove(&conf.state_dir, conf.name(), id)?,
         }
         if let Some(l) = lock {
             l.remove()?;

@@ -84,12 +84,7 @@ impl Undo {
                     Some(p) => tc::clear(p, l.index, &l.name).await,
                     None => Ok(()),
                 },
-                Step::Record => state::remove(
-                    cx.state_dir,
-                    cx.target.network,
-                    &cx.target.owner.container_id,
-                    &cx.target.owner.ifname,
-                ),
+                Step::Record => state::remove(cx.state_dir, cx.target.network, &cx.target.owner),
             };
             if let Err(e) = outcome {
                 tracing::warn!("undoing ADD ({step:?}): {e}");
@@ -103,7 +98,7 @@ impl Undo {
 /// Removes the lock file of an attachment a failed ADD left nothing of (no record).
 pub fn give_back(cx: &Ctx<'_>, lock: AttachmentLock) {
     let (t, o) = (cx.target, &cx.target.owner);
-    let outcome = match state::read(cx.state_dir, t.network, &o.container_id, &o.ifname) {
+    let outcome = match state::read(cx.state_dir, t.network, o) {
         Ok(None) => lock.remove(),
         Ok(Some(_)) => Ok(()),
         Err(e) => Err(e),
