@@ -236,7 +236,11 @@ mod fakeapi;
 const VIP: &str = "10.43.0.1";
 const REAL: &str = "10.44.0.5";
 const TOKEN: &str = "bench-token";
-const SCENARIOS: &[&str] = &["compare", "api", "parallel", "soak", "storm"];
+const SCENARIOS: &[&str] = &["compare", "api", "parallel", "soak", "storm", "scale"];
+/// `scale` (thousands of synthetic attachments, bench/scale.rs) runs only when asked for.
+const DEFAULT: usize = 5;
+
+mod scale;
 
 /// What to run: `bench [cycles] [--only a,b] [--soak N]`.
 struct Args {
@@ -250,7 +254,7 @@ impl Args {
         let mut a = Args {
             cycles: 300,
             soak_cycles: 1000,
-            only: SCENARIOS.iter().map(|s| s.to_string()).collect(),
+            only: SCENARIOS[..DEFAULT].iter().map(|s| s.to_string()).collect(),
         };
         let mut it = std::env::args().skip(1);
         while let Some(x) = it.next() {
@@ -386,6 +390,9 @@ fn main() {
         && args.runs("storm")
     {
         storm(&b, api);
+    }
+    if args.runs("scale") {
+        scale::scale(&b, &[1000, 5000]);
     }
 }
 

@@ -61,8 +61,11 @@ fn a_29_is_exhausted_after_five_and_leaves_nothing_for_the_sixth() {
     let podns = pods[5].rsplit('/').next().unwrap();
     assert_eq!(ip(&["-n", podns, "-o", "link"]).lines().count(), 1);
 
-    // STATUS says the range is full, then ready again once an address is free.
-    w.cni_env("STATUS", &conf, &[]).err(50, "no free address");
+    // A range held by live pods is no STATUS error (SPEC §4: evicting the pods would cure it,
+    // and a NotReady node gets them evicted): STATUS stays ready while ADD fails with 100.
+    w.cni_env("STATUS", &conf, &[]).ok();
+    w.cni("ADD", "c5", &pods[5], "eth0", &conf)
+        .err(100, "10.21.0.0/29");
     w.cni("DEL", "c0", &pods[0], "eth0", &conf).ok();
     w.cni_env("STATUS", &conf, &[]).ok();
     for (i, p) in pods.iter().enumerate().skip(1).take(4) {

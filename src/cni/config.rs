@@ -131,12 +131,28 @@ impl<'de, T: DeserializeOwned> Deserialize<'de> for Lenient<T> {
     }
 }
 
-/// One attachment as a runtime names it (GC's `cni.dev/valid-attachments`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// One attachment: (container ID, ifname), as a runtime names it (GC's
+/// `cni.dev/valid-attachments`), as a verb is about it, and as a lease names its holder.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct AttachmentId {
     #[serde(rename = "containerID")]
     pub container_id: String,
     pub ifname: String,
+}
+
+impl AttachmentId {
+    pub fn new(container_id: &str, ifname: &str) -> AttachmentId {
+        AttachmentId {
+            container_id: container_id.into(),
+            ifname: ifname.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for AttachmentId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.container_id, self.ifname)
+    }
 }
 
 /// The config's `cniVersion`: missing means 0.1.0 to libcni, which we do not speak.

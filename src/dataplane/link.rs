@@ -116,10 +116,36 @@ pub async fn delete_by_name(h: &Nl, name: &str) -> Result<bool> {
 pub async fn delete_group(h: &Nl, group: u32, expected: &[&str]) -> Result<bool> {
     // One dump tells what exists and who is in the group; no per-name lookups after it.
     let links = all(h).await?;
-    let members: Vec<&Link> = links.iter().filter(|l| l.group == group).collect();
-    let ours = !members.is_empty() && members.iter().all(|l| expected.contains(&l.name.as_str()));
-    let existed = links.iter().any(|l| expected.contains(&l.name.as_str()));
-    if ours {
+    let found: Vec<&Link> = links
+        .iter()
+        .filter(|l| expected.contains(&l.name.as_str()))
+        .collect();
+    delete_found(h, &found, group, !foreign_in_group(&links, group, expected)).await
+}
+
+/// As [`delete_group`] for one of many attachments torn down together: `dump` is a dump of
+/// every link taken once for all of them, which tells whether a foreign link carries the group.
+/// The expected names themselves are looked up now (an ADD may have made them since the dump).
+pub async fn delete_group_in(h: &Nl, dump: &[Link], group: u32, expected: &[&str]) -> Result<bool> {
+    let mut found = Vec::new();
+    for name in expected {
+        found.extend(by_name(h, name).await?);
+    }
+    let found: Vec<&Link> = found.iter().collect();
+    delete_found(h, &found, group, !foreign_in_group(dump, group, expected)).await
+}
+
+fn foreign_in_group(links: &[Link], group: u32, expected: &[&str]) -> bool {
+    links
+        .iter()
+        .any(|l| l.group == group && !expected.contains(&l.name.as_str()))
+}
+
+/// Deletes `found` (the expected links that exist): in one group batch when `group_is_ours`,
+/// the rest (made without the group, or all of them otherwise) one by one.
+async fn delete_found(h: &Nl, found: &[&Link], group: u32, group_is_ours: bool) -> Result<bool> {
+    let batch = group_is_ours && found.iter().any(|l| l.group == group);
+    if batch {
         let mut msg = LinkMessageBuilder::<LinkUnspec>::default().build();
         msg.attributes.push(LinkAttribute::Group(group));
         match h.0.link().del_with_message(msg).execute().await {
@@ -133,18 +159,14 @@ pub async fn delete_group(h: &Nl, group: u32, expected: &[&str]) -> Result<bool>
             }
         }
     }
-    // Expected links the group did not cover (made without a group, or the fallback) go one by one.
-    for l in links
-        .iter()
-        .filter(|l| expected.contains(&l.name.as_str()) && !(ours && l.group == group))
-    {
+    for l in found.iter().filter(|l| !(batch && l.group == group)) {
         match h.0.link().del(l.index).execute().await {
             Ok(()) => {}
             Err(e) if is_missing(&e) => {}
             Err(e) => return Err(super::nl_error(format!("deleting link {}", l.name), &e)),
         }
     }
-    Ok(existed)
+    Ok(!found.is_empty())
 }
 
 /// Outcome of creating a veth pair.
@@ -236,15 +258,5 @@ pub async fn create_ifb(h: &Host, name: &str, mtu: Option<u32>, group: u32) -> R
         None => by_name(h, name).await?.ok_or_else(|| {
             crate::cni::Error::Internal(format!("{name} vanished right after creation"))
         }),
-    }
-}
-
-/// Deletes each named link that exists, logging (not failing on) what cannot be deleted: for
-/// undoing a failed ADD, where the first error is the one to report.
-pub async fn delete_quietly(h: &Host, names: &[&str]) {
-    for n in names {
-        if let Err(e) = delete_by_name(h, n).await {
-            tracing::warn!("undoing ADD: deleting {n}: {e}");
-        }
     }
 }

@@ -286,7 +286,7 @@ pub async fn pass_on(
 }
 
 /// Per range set: (capacity, addresses in use), where a lease counts unless `free(owner)` says
-/// its holder is gone. Shared by STATUS and `doctor`.
+/// its holder is gone. For `doctor` (STATUS reads no lease: SPEC §4).
 pub fn usage(
     sets: &[RangeSet],
     leases: &[(IpAddr, Owner)],

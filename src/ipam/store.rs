@@ -21,34 +21,22 @@ use std::time::Instant;
 /// A lease file larger than this is not one of ours.
 const MAX_LEASE: usize = 4096;
 
-/// Who holds a lease.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Owner {
-    pub container_id: String,
-    pub ifname: String,
+/// Who holds a lease: the attachment (`doctor` still says `Owner`).
+pub use crate::cni::config::AttachmentId as Owner;
+
+/// A lease's content: host-local's `<containerID>\r\n<ifname>`.
+fn encode(o: &Owner) -> String {
+    format!("{}\r\n{}", o.container_id, o.ifname)
 }
 
-impl Owner {
-    pub fn new(container_id: &str, ifname: &str) -> Owner {
-        Owner {
-            container_id: container_id.into(),
-            ifname: ifname.into(),
-        }
-    }
-
-    fn encode(&self) -> String {
-        format!("{}\r\n{}", self.container_id, self.ifname)
-    }
-
-    /// The owner in a lease's content; `None` unless both parts are valid names (an empty or
-    /// garbled lease holds no owner anybody could release it as).
-    fn decode(s: &str) -> Option<Owner> {
-        let (id, ifname) = s.split_once("\r\n")?;
-        let o = Owner::new(id.trim(), ifname.trim());
-        crate::cni::env::validate_container_id(&o.container_id).ok()?;
-        crate::cni::env::validate_ifname(&o.ifname).ok()?;
-        Some(o)
-    }
+/// The owner in a lease's content; `None` unless both parts are valid names (an empty or
+/// garbled lease holds no owner anybody could release it as).
+fn decode(s: &str) -> Option<Owner> {
+    let (id, ifname) = s.split_once("\r\n")?;
+    let o = Owner::new(id.trim(), ifname.trim());
+    crate::cni::env::validate_container_id(&o.container_id).ok()?;
+    crate::cni::env::validate_ifname(&o.ifname).ok()?;
+    Some(o)
 }
 
 /// Every lease file of a store: those held by an owner, and those that are not readable as one
@@ -114,7 +102,7 @@ impl Store {
         if self.dir.stat(&name)?.is_some() {
             return Ok(false);
         }
-        match self.dir.create_unsynced(&name, owner.encode().as_bytes())? {
+        match self.dir.create_unsynced(&name, encode(owner).as_bytes())? {
             Some(f) => {
                 self.unsynced.lock().map_err(|_| poisoned())?.push(f);
                 self.dirty.store(true, Ordering::Relaxed);
@@ -158,7 +146,7 @@ impl Store {
             Err(e) => return Err(e.to_string()),
         };
         let text = String::from_utf8(bytes).map_err(|_| "not UTF-8".to_string())?;
-        match Owner::decode(&text) {
+        match decode(&text) {
             Some(o) => Ok(Some(o)),
             None if text.is_empty() => Err("empty".into()),
             None => Err(format!("no valid owner in {text:?}")),
@@ -175,8 +163,22 @@ impl Store {
 
     /// Removes `ip`'s lease file whoever or whatever it holds (for an unreadable one that DEL or
     /// GC decided to drop); `Ok(true)` if there was one.
+    /// A directory at the name is not a lease anybody wrote: it is left alone (and keeps its
+    /// address from being handed out), with a warning, rather than failing every GC.
     pub fn discard(&self, ip: IpAddr) -> Result<bool> {
-        self.dir.remove(&ip.to_string())
+        use nix::sys::stat::SFlag;
+        let name = ip.to_string();
+        let is_dir = self.dir.stat(&name)?.is_some_and(|s| {
+            SFlag::from_bits_truncate(s.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR
+        });
+        if is_dir {
+            tracing::warn!(
+                "{} is a directory, not a lease: left alone",
+                self.dir.join(&name).display()
+            );
+            return Ok(false);
+        }
+        self.dir.remove(&name)
     }
 
     /// Every lease file, readable or not. Temp files found here are a killed writer's (every
@@ -217,12 +219,25 @@ impl Store {
         Ok(s.held)
     }
 
-    /// Releases every lease `owner` holds (a crashed ADD leaves leases with no record).
+    /// Releases every lease `owner` holds (a crashed ADD leaves leases with no record): reads
+    /// every lease file, so a caller that knows the addresses uses [`Store::release_all`].
     pub fn release_owner(&self, owner: &Owner) -> Result<Vec<IpAddr>> {
+        let ips: Vec<IpAddr> = self
+            .scan()?
+            .held
+            .into_iter()
+            .filter(|(_, o)| o == owner)
+            .map(|(ip, _)| ip)
+            .collect();
+        self.release_all(&ips, owner)
+    }
+
+    /// Releases those of `ips` that `owner` holds; returns them.
+    pub fn release_all(&self, ips: &[IpAddr], owner: &Owner) -> Result<Vec<IpAddr>> {
         let mut released = Vec::new();
-        for (ip, o) in self.scan()?.held {
-            if &o == owner && self.release(ip, owner)? {
-                released.push(ip);
+        for ip in ips {
+            if self.release(*ip, owner)? {
+                released.push(*ip);
             }
         }
         Ok(released)
@@ -353,10 +368,10 @@ mod tests {
 
     #[test]
     fn owners_must_be_valid_names() {
-        assert_eq!(Owner::decode("c1\r\neth0"), Some(Owner::new("c1", "eth0")));
-        assert_eq!(Owner::decode(""), None);
-        assert_eq!(Owner::decode("c1"), None);
-        assert_eq!(Owner::decode("../x\r\neth0"), None);
-        assert_eq!(Owner::decode("c1\r\na/b"), None);
+        assert_eq!(decode("c1\r\neth0"), Some(Owner::new("c1", "eth0")));
+        assert_eq!(decode(""), None);
+        assert_eq!(decode("c1"), None);
+        assert_eq!(decode("../x\r\neth0"), None);
+        assert_eq!(decode("c1\r\na/b"), None);
     }
 }

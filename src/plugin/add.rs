@@ -1,10 +1,11 @@
 //! ADD in interface mode (no `CNI_IFNAME` in `prevResult`): a veth pair, addresses, routes and
 //! limits. Each completed step is recorded, and a failure undoes exactly those steps.
 
+use super::Add;
 use super::bandwidth::{self, Limits};
 use super::reclaim;
+use super::teardown::{self, Net, Whose};
 use super::undo::{Ctx, Step, Undo};
-use super::{Add, Attachment};
 use crate::cni::result::{Interface, IpConfig, Route};
 use crate::cni::{CniResult, Error, Result};
 use crate::dataplane::link::{self, Link, VethCreate};
@@ -12,8 +13,7 @@ use crate::dataplane::names::Names;
 use crate::dataplane::netns::Netns;
 use crate::dataplane::{Host, Pod, addr, route, sysctl};
 use crate::failpoint;
-use crate::ipam::store::Owner;
-use crate::ipam::{self, Assigned, Lease, Plan, Target};
+use crate::ipam::{Assigned, Lease, Plan, Target};
 use crate::state::{self, Delegated, Mode, Record};
 use ipnetwork::IpNetwork;
 
@@ -54,7 +54,7 @@ pub async fn add(req: &Add) -> Result<CniResult> {
     let pod = netns.start_connect()?;
     let host = Host::connect()?;
     let (cid, ifname) = (&req.att.container_id, &req.att.ifname);
-    let lock = state::lock_attachment(&conf.state_dir, conf.name(), cid, ifname)?;
+    let lock = state::lock_attachment(&conf.state_dir, conf.name(), &req.att)?;
     failpoint::hit("add-locked");
     reclaim::after_reboot(&host, conf, &req.path).await;
     let names = Names::of(cid, ifname);
@@ -62,7 +62,17 @@ pub async fn add(req: &Add) -> Result<CniResult> {
     clear_previous_attempt(&host, req, &names, &plan, &target, lock.existed).await?;
     failpoint::hit("add-cleared");
 
-    let pod = pod.finish()?;
+    let cx = Ctx {
+        host: &host,
+        pod: None,
+        plan: Some(&plan),
+        target: &target,
+        state_dir: &conf.state_dir,
+    };
+    let pod = match pod.finish() {
+        Ok(p) => p,
+        Err(e) => return Undo::default().settle(Err(e), &cx, lock).await,
+    };
     let w = Wiring {
         req,
         host: &host,
@@ -74,28 +84,21 @@ pub async fn add(req: &Add) -> Result<CniResult> {
         limits: &limits,
     };
     let cx = Ctx {
-        host: &host,
         pod: Some(&pod),
-        plan: Some(&plan),
-        target: &target,
-        state_dir: &conf.state_dir,
+        ..cx
     };
     let mut undo = Undo::default();
     let outcome = steps(&w, &mut undo).await;
-    undo.settle(outcome, &cx).await
+    undo.settle(outcome, &cx, lock).await
 }
 
 pub(super) fn target(req: &Add) -> Target<'_> {
     Target {
         state_dir: &req.conf.state_dir,
         network: req.conf.name(),
-        owner: owner(&req.att),
+        owner: req.att.clone(),
         path: &req.path,
     }
-}
-
-fn owner(att: &Attachment) -> Owner {
-    Owner::new(&att.container_id, &att.ifname)
 }
 
 /// The steps of ADD, each recorded in `undo` as soon as it is done.
@@ -272,7 +275,7 @@ fn result_of(l: &Links, netns: &std::path::Path, a: &Assigned) -> CniResult {
 /// A retried ADD (the runtime timed out, or we were killed) finds its own leftovers: the host
 /// veth and ifb by their deterministic names, a record, and leases (possibly with no record:
 /// killed between the lease and the record; `earlier` says an ADD ran for this attachment and
-/// no DEL since). They are this attachment's, and we hold its lock, so they go.
+/// no complete teardown since). They are this attachment's, and we hold its lock, so they go.
 async fn clear_previous_attempt(
     host: &Host,
     req: &Add,
@@ -284,35 +287,28 @@ async fn clear_previous_attempt(
     let conf = &req.conf;
     let (cid, ifname) = (&req.att.container_id, &req.att.ifname);
     // Without an earlier lock file only state from before locks existed can be left: one
-    // lookup tells, where the group delete below needs a dump of every link.
+    // lookup tells.
     if !earlier && link::by_name(host, &names.host_veth).await?.is_none() {
         return Ok(());
     }
-    let links = link::delete_group(host, names.group, &[&names.host_veth, &names.ifb]).await?;
-    let record = match state::read(&conf.state_dir, conf.name(), cid, ifname) {
+    let record = match state::read(&conf.state_dir, conf.name(), &req.att) {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!("replacing an unreadable attachment record: {e}");
             None
         }
     };
-    if !earlier && !links && record.is_none() {
-        return Ok(());
-    }
     tracing::info!(container = %cid, ifname = %ifname,
-        "replacing leftovers of an earlier ADD (links: {links}, record: {})", record.is_some());
-    match (record.as_ref().and_then(|r| r.ipam_delegate.as_ref()), plan) {
-        // The delegate's DEL with what its ADD got, else with what this ADD would give it: it
-        // releases by container ID and ifname (host-local refuses a duplicate ADD otherwise).
-        (Some(d), _) => {
-            ipam::delegate::exec(&d.plugin, &req.path, "DEL", d.stdin.as_bytes()).await?;
-        }
-        (None, Plan::Delegate { .. }) => plan.undo(target).await?,
-        (None, Plan::Builtin { .. }) => {
-            ipam::release_owner(&conf.state_dir, conf.name(), &target.owner)?;
-        }
-    }
-    state::remove(&conf.state_dir, conf.name(), cid, ifname)
+        "replacing what an earlier ADD left (record: {})", record.is_some());
+    let net = Net {
+        host,
+        conf,
+        path: &req.path,
+    };
+    let whose = Whose::EarlierAttempt(plan, target);
+    teardown::attachment(&net, &req.att, record.as_ref(), whose, None)
+        .await
+        .map(|_| ())
 }
 
 /// Pod end: addresses, up, then a link route to each gateway and the subnet via it (a routed

@@ -3,6 +3,7 @@
 
 use super::Add;
 use super::bandwidth::{self, Limits};
+use super::teardown::{self, Net, Whose};
 use super::undo::{Ctx, Step, Undo};
 use crate::cni::{CniResult, Error, Result};
 use crate::dataplane::link::{self, Link};
@@ -60,27 +61,46 @@ pub async fn add(req: &Add) -> Result<CniResult> {
     let host = Host::connect()?;
     let (cid, ifname) = (&req.att.container_id, &req.att.ifname);
     let conf = &req.conf;
-    let _lock = state::lock_attachment(&conf.state_dir, conf.name(), cid, ifname)?;
+    let lock = state::lock_attachment(&conf.state_dir, conf.name(), &req.att)?;
     failpoint::hit("add-locked");
     super::reclaim::after_reboot(&host, conf, &req.path).await;
     let names = Names::of(cid, ifname);
-    // A retried ADD: our ifb from last time goes first.
-    link::delete_by_name(&host, &names.ifb).await?;
+    // A retried ADD: our ifb and record from last time go first.
+    if lock.existed {
+        let record = state::read(&conf.state_dir, conf.name(), &req.att).unwrap_or_else(|e| {
+            tracing::warn!("replacing an unreadable attachment record: {e}");
+            None
+        });
+        let net = Net {
+            host: &host,
+            conf,
+            path: &req.path,
+        };
+        let whose = Whose::EarlierChained;
+        teardown::attachment(&net, &req.att, record.as_ref(), whose, None).await?;
+    }
 
-    let pod = pod.finish()?;
     let target = super::add::target(req);
     // The veth is the earlier plugin's: only what this ADD added to it is undone (its qdiscs are
     // cleared to the kernel's default; the plugins holdfast chains after set none).
     let cx = Ctx {
         host: &host,
-        pod: Some(&pod),
+        pod: None,
         plan: None,
         target: &target,
         state_dir: &req.conf.state_dir,
     };
+    let pod = match pod.finish() {
+        Ok(p) => p,
+        Err(e) => return Undo::default().settle(Err(e), &cx, lock).await,
+    };
+    let cx = Ctx {
+        pod: Some(&pod),
+        ..cx
+    };
     let mut undo = Undo::default();
     let outcome = steps(req, &host, &pod, &netns, &names, &limits, &mut undo).await;
-    undo.settle(outcome, &cx).await
+    undo.settle(outcome, &cx, lock).await
 }
 
 async fn steps(

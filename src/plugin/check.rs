@@ -15,12 +15,16 @@ pub async fn check(req: &Check) -> Result<()> {
     let netns = Netns::open(&req.netns)?;
     let pod = netns.start_connect()?;
     let (cid, ifname) = (&req.att.container_id, &req.att.ifname);
-    let _lock = state::lock_attachment(&conf.state_dir, conf.name(), cid, ifname)?;
-    let record = state::read(&conf.state_dir, conf.name(), cid, ifname)?.ok_or_else(|| {
-        Error::CheckFailed(format!(
+    let lock = state::lock_attachment(&conf.state_dir, conf.name(), &req.att)?;
+    let Some(record) = state::read(&conf.state_dir, conf.name(), &req.att)? else {
+        // Nothing of the attachment exists; the lock file this CHECK made goes with it.
+        if !lock.existed {
+            lock.remove()?;
+        }
+        return Err(Error::CheckFailed(format!(
             "no attachment record for container {cid} interface {ifname}"
-        ))
-    })?;
+        )));
+    };
     let host = Host::connect()?;
     let pod = pod.finish()?;
     let sandbox = netns.path().display().to_string();

@@ -11,6 +11,7 @@ pub mod del;
 pub mod gc;
 pub mod reclaim;
 pub mod status;
+pub mod teardown;
 mod undo;
 
 use crate::cni::config::AttachmentId;
@@ -20,17 +21,10 @@ use conf::Conf;
 use serde_json::{Value, json};
 use std::path::PathBuf;
 
-/// The attachment a per-container verb is about.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Attachment {
-    pub container_id: String,
-    pub ifname: String,
-}
-
 /// ADD: `CNI_NETNS` is required, `prevResult` is what earlier plugins of the chain did.
 #[derive(Debug)]
 pub struct Add {
-    pub att: Attachment,
+    pub att: AttachmentId,
     pub netns: PathBuf,
     pub path: Vec<PathBuf>,
     pub conf: Conf,
@@ -41,7 +35,7 @@ pub struct Add {
 /// DEL); everything it removes is found by name or from local records.
 #[derive(Debug)]
 pub struct Del {
-    pub att: Attachment,
+    pub att: AttachmentId,
     pub path: Vec<PathBuf>,
     pub conf: Conf,
 }
@@ -49,7 +43,7 @@ pub struct Del {
 /// CHECK: what the attachment should look like is `prev`.
 #[derive(Debug)]
 pub struct Check {
-    pub att: Attachment,
+    pub att: AttachmentId,
     pub netns: PathBuf,
     pub conf: Conf,
     pub prev: CniResult,
@@ -86,7 +80,7 @@ impl Request {
     /// the environment's required variables per verb were checked when `env` was read, the
     /// verb's minimum config version is checked here.
     pub fn new(env: Env, conf: Conf) -> Result<Request> {
-        let att = Attachment {
+        let att = AttachmentId {
             container_id: env.container_id,
             ifname: env.ifname,
         };

@@ -6,13 +6,13 @@
 //! holds (an ADD in progress). What was reclaimed is kept in a short journal for `doctor`.
 
 use super::conf::Conf;
+use super::teardown::{self, Batch, Net, Whose};
+use crate::cni::config::AttachmentId;
 use crate::cni::{Error, Result};
-use crate::dataplane::names::{self, Names};
-use crate::dataplane::{Host, link};
-use crate::ipam::store::{Owner, Store};
-use crate::ipam::{self, delegate};
-use crate::state::{self, Mode, Record, atomic};
+use crate::dataplane::Host;
+use crate::state::{self, Record, atomic};
 use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -62,19 +62,44 @@ fn append(state_dir: &Path, new: Vec<Reclaimed>) {
 }
 
 /// Reclaims the network's dead attachments; with `orphans`, also built-in leases that no record
-/// names and no invocation holds (a killed ADD's). Returns how many were reclaimed.
+/// names and no invocation holds (a killed ADD's). Returns how many were reclaimed. The links
+/// and leases are looked up once for all of them, so each costs only what it owns.
 pub async fn dead(host: &Host, conf: &Conf, path: &[PathBuf], orphans: bool, why: &str) -> usize {
     let (records, _) = state::list(&conf.state_dir, conf.name());
+    let dead: Vec<&Record> = records.iter().filter(|r| !r.netns_alive()).collect();
+    let want_orphans = orphans && conf.ipam.delegate().is_none();
+    if dead.is_empty() && !want_orphans {
+        return 0;
+    }
+    let net = Net { host, conf, path };
+    let batch = match Batch::new(&net).await {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!("reclaim: {e}");
+            return 0;
+        }
+    };
     let mut done = Vec::new();
-    for r in records.iter().filter(|r| !r.netns_alive()) {
-        match one(host, conf, path, r).await {
-            Ok(true) => done.push(entry(conf, &r.container_id, &r.ifname, r.ips.clone(), why)),
+    for r in dead {
+        let id = AttachmentId::new(&r.container_id, &r.ifname);
+        match one(&net, &batch, &id).await {
+            Ok(true) => done.push(entry(conf, &id, r.ips.clone(), why)),
             Ok(false) => {}
-            Err(e) => tracing::warn!("could not reclaim {}/{}: {e}", r.container_id, r.ifname),
+            Err(e) => tracing::warn!("could not reclaim {id}: {e}"),
         }
     }
-    if orphans && conf.ipam.delegate().is_none() {
-        done.extend(orphan_leases(host, conf, &records, why).await);
+    if want_orphans {
+        let recorded: HashSet<AttachmentId> = records
+            .iter()
+            .map(|r| AttachmentId::new(&r.container_id, &r.ifname))
+            .collect();
+        for id in batch.leases.keys().filter(|o| !recorded.contains(*o)) {
+            match orphan(&net, &batch, id).await {
+                Ok(Some(ips)) => done.push(entry(conf, id, ips, why)),
+                Ok(None) => {}
+                Err(e) => tracing::warn!("could not reclaim leases of {id}: {e}"),
+            }
+        }
     }
     let n = done.len();
     if n > 0 {
@@ -87,12 +112,12 @@ pub async fn dead(host: &Host, conf: &Conf, path: &[PathBuf], orphans: bool, why
     n
 }
 
-fn entry(conf: &Conf, cid: &str, ifname: &str, ips: Vec<IpAddr>, why: &str) -> Reclaimed {
+fn entry(conf: &Conf, id: &AttachmentId, ips: Vec<IpAddr>, why: &str) -> Reclaimed {
     Reclaimed {
         unix: state::now_unix(),
         network: conf.name().to_string(),
-        container_id: cid.to_string(),
-        ifname: ifname.to_string(),
+        container_id: id.container_id.clone(),
+        ifname: id.ifname.clone(),
         ips,
         why: why.to_string(),
     }
@@ -100,99 +125,34 @@ fn entry(conf: &Conf, cid: &str, ifname: &str, ips: Vec<IpAddr>, why: &str) -> R
 
 /// Releases one dead attachment under its lock; `Ok(false)` when another invocation holds it or
 /// it came back to life (a new ADD replaced it) meanwhile.
-async fn one(host: &Host, conf: &Conf, path: &[PathBuf], seen: &Record) -> Result<bool> {
-    let (cid, ifname) = (&seen.container_id, &seen.ifname);
-    let Some(lock) = state::try_lock_attachment(&conf.state_dir, conf.name(), cid, ifname)? else {
+async fn one(net: &Net<'_>, batch: &Batch, id: &AttachmentId) -> Result<bool> {
+    let conf = net.conf;
+    let Some(lock) = state::try_lock_attachment(&conf.state_dir, conf.name(), id)? else {
         return Ok(false);
     };
-    let Some(r) = state::read(&conf.state_dir, conf.name(), cid, ifname)? else {
+    let Some(r) = state::read(&conf.state_dir, conf.name(), id)? else {
         return Ok(false);
     };
     if r.netns_alive() {
         return Ok(false);
     }
-    let n = Names::of(cid, ifname);
-    let ours: Vec<&str> = match r.mode {
-        Mode::Interface => vec![&n.host_veth, &n.ifb],
-        Mode::Chained => vec![&n.ifb],
-    };
-    link::delete_group(host, n.group, &ours).await?;
-    match (&r.ipam_delegate, r.mode) {
-        (_, Mode::Chained) => {}
-        (Some(d), _) => {
-            delegate::exec_for(
-                &d.plugin,
-                path,
-                "DEL",
-                d.stdin.as_bytes(),
-                Some((cid, ifname)),
-            )
-            .await?;
-        }
-        (None, _) => {
-            ipam::release_owner(&conf.state_dir, conf.name(), &Owner::new(cid, ifname))?;
-        }
-    }
-    state::remove(&conf.state_dir, conf.name(), cid, ifname)?;
-    lock.remove()?;
+    teardown::attachment(net, id, Some(&r), Whose::Other(batch), Some(lock)).await?;
     Ok(true)
 }
 
-/// Leases whose holder has no record and no lock held: a killed ADD's, which no DEL came for.
-async fn orphan_leases(host: &Host, conf: &Conf, records: &[Record], why: &str) -> Vec<Reclaimed> {
-    let leases = match Store::dir_of(&conf.state_dir, conf.name()).exists() {
-        true => Store::open(&conf.state_dir, conf.name()).and_then(|s| s.leases()),
-        false => Ok(Vec::new()),
-    };
-    let leases = leases.unwrap_or_else(|e| {
-        tracing::warn!("reclaim: {e}");
-        Vec::new()
-    });
-    let mut owners: Vec<Owner> = leases
-        .into_iter()
-        .map(|(_, o)| o)
-        .filter(|o| {
-            !records
-                .iter()
-                .any(|r| r.container_id == o.container_id && r.ifname == o.ifname)
-        })
-        .collect();
-    owners.dedup();
-    let mut done = Vec::new();
-    for o in owners {
-        match orphan(host, conf, &o).await {
-            Ok(Some(ips)) => done.push(entry(conf, &o.container_id, &o.ifname, ips, why)),
-            Ok(None) => {}
-            Err(e) => tracing::warn!(
-                "could not reclaim leases of {}/{}: {e}",
-                o.container_id,
-                o.ifname
-            ),
-        }
-    }
-    done
-}
-
-async fn orphan(host: &Host, conf: &Conf, o: &Owner) -> Result<Option<Vec<IpAddr>>> {
-    let (cid, ifname) = (&o.container_id, &o.ifname);
-    if crate::cni::env::validate_container_id(cid).is_err()
-        || crate::cni::env::validate_ifname(ifname).is_err()
-    {
-        return Ok(None);
-    }
-    let Some(lock) = state::try_lock_attachment(&conf.state_dir, conf.name(), cid, ifname)? else {
+/// Releases the leases of a holder with no record and no lock held: a killed ADD's, which no
+/// DEL came for; `Ok(None)` when an invocation holds it or it has a record by now.
+async fn orphan(net: &Net<'_>, batch: &Batch, id: &AttachmentId) -> Result<Option<Vec<IpAddr>>> {
+    let conf = net.conf;
+    let Some(lock) = state::try_lock_attachment(&conf.state_dir, conf.name(), id)? else {
         return Ok(None);
     };
-    if state::read(&conf.state_dir, conf.name(), cid, ifname)?.is_some() {
+    if state::read(&conf.state_dir, conf.name(), id)?.is_some() {
         return Ok(None);
     }
-    let n = Names::of(cid, ifname);
-    if names::is_ours(&n.host_veth) {
-        link::delete_group(host, n.group, &[&n.host_veth, &n.ifb]).await?;
-    }
-    let ips = ipam::release_owner(&conf.state_dir, conf.name(), o)?;
-    lock.remove()?;
-    Ok(Some(ips))
+    teardown::attachment(net, id, None, Whose::Other(batch), Some(lock))
+        .await
+        .map(Some)
 }
 
 /// On the first locked verb of a new boot (or the first ever), reclaims every dead attachment
@@ -209,14 +169,4 @@ pub async fn after_reboot(host: &Host, conf: &Conf, path: &[PathBuf]) {
     if let Err(e) = atomic::write(&file, now.as_bytes(), true) {
         tracing::warn!("could not remember the boot ID: {e}");
     }
-}
-
-/// The owners whose attachments are dead (for STATUS, which counts their addresses as free).
-pub fn dead_owners(conf: &Conf) -> Vec<Owner> {
-    let (records, _) = state::list(&conf.state_dir, conf.name());
-    records
-        .iter()
-        .filter(|r| !r.netns_alive())
-        .map(|r| Owner::new(&r.container_id, &r.ifname))
-        .collect()
 }

@@ -1,10 +1,10 @@
-//! STATUS: can this plugin take an ADD right now? Changes nothing, and asks the API only when
-//! no cache of the node's podCIDRs exists.
+//! STATUS: could an ADD succeed, whatever happens to the node's pods (SPEC §4)? Changes nothing,
+//! reads no lease, and asks the API only when no cache of the node's podCIDRs exists.
 
 use super::Status;
 use crate::cni::{Error, Result};
 use crate::ipam::range;
-use crate::ipam::store::{Owner, Store};
+use crate::state::at::Dir;
 use std::path::Path;
 
 pub async fn status(req: &Status) -> Result<()> {
@@ -33,42 +33,16 @@ pub async fn status(req: &Status) -> Result<()> {
             .await
             .map(|_| ());
     }
-    let sets = conf
-        .ipam
+    // A range held by live pods is not reported (SPEC §4): a STATUS error makes the node
+    // NotReady, whose taint evicts the pods, which frees the range, and the node flaps. ADD
+    // fails with code 100 naming the range instead. So no lease is read here.
+    conf.ipam
         .expanded_ranges(cidrs.as_deref())
         .and_then(|r| range::resolve(&r))
         .map_err(|e| Error::NotAvailable(format!("IPAM is not usable: {e}")))?;
-    let leases = match Store::dir_of(&conf.state_dir, conf.name()).exists() {
-        false => Vec::new(),
-        // An unreadable lease file still takes its address (ADD skips it): it counts as used.
-        true => Store::open(&conf.state_dir, conf.name())
-            .and_then(|s| s.scan())
-            .map(|scan| {
-                let nobody = Owner::new("", "");
-                let unreadable = scan
-                    .unreadable
-                    .into_iter()
-                    .map(|(ip, _)| (ip, nobody.clone()));
-                scan.held.into_iter().chain(unreadable).collect::<Vec<_>>()
-            })
-            .map_err(|e| Error::NotAvailable(format!("IPAM store is not usable: {e}")))?,
-    };
-    // A dead pod's address is as good as free: the next ADD reclaims it. Saying "full" would
-    // make the runtime mark the node NotReady and stop the very pods that would reclaim it.
-    let dead = super::reclaim::dead_owners(conf);
-    for (i, (set, (cap, used))) in sets
-        .iter()
-        .zip(crate::ipam::usage(&sets, &leases, |o| dead.contains(o)))
-        .enumerate()
-    {
-        if used >= cap {
-            let desc: Vec<String> = set.iter().map(|r| r.describe()).collect();
-            return Err(Error::NotAvailable(format!(
-                "ipam.ranges[{i}] {} has no free address ({used} of {cap} in use)",
-                desc.join(", ")
-            )));
-        }
-    }
+    // A symlink (or a file) where the lease directory belongs fails every ADD.
+    Dir::open_path(&conf.state_dir, &["ipam", conf.name()], false)
+        .map_err(|e| Error::NotAvailable(format!("IPAM store is not usable: {e}")))?;
     Ok(())
 }
 

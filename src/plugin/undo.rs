@@ -7,7 +7,7 @@ use crate::cni::Result;
 use crate::dataplane::link::{self, Link};
 use crate::dataplane::{Host, Pod, tc};
 use crate::ipam::{Plan, Target};
-use crate::state;
+use crate::state::{self, AttachmentLock};
 use std::path::Path;
 
 /// One completed step of ADD.
@@ -45,23 +45,33 @@ impl Undo {
     }
 
     /// Keeps everything when `outcome` is a success; otherwise undoes the recorded steps and
-    /// returns the error.
-    pub async fn settle<T>(mut self, outcome: Result<T>, cx: &Ctx<'_>) -> Result<T> {
+    /// returns the error. The caller cleared every earlier attempt of the attachment before
+    /// the first step, so when the undo is complete and no record is left nothing of the
+    /// attachment is, and its lock file goes too.
+    pub async fn settle<T>(
+        mut self,
+        outcome: Result<T>,
+        cx: &Ctx<'_>,
+        lock: AttachmentLock,
+    ) -> Result<T> {
         match outcome {
             Ok(v) => {
                 self.0.clear();
                 Ok(v)
             }
             Err(e) => {
-                self.unwind(cx).await;
+                if self.unwind(cx).await {
+                    give_back(cx, lock);
+                }
                 Err(e)
             }
         }
     }
 
-    /// Undoes every recorded step, newest first. Failures are logged, not returned: the error
-    /// the runtime needs to see is the one that made ADD fail.
-    async fn unwind(&mut self, cx: &Ctx<'_>) {
+    /// Undoes every recorded step, newest first; whether every step was undone. Failures are
+    /// logged, not returned: the error the runtime needs to see is the one that made ADD fail.
+    async fn unwind(&mut self, cx: &Ctx<'_>) -> bool {
+        let mut clean = true;
         while let Some(step) = self.0.pop() {
             let outcome = match &step {
                 Step::Leased => match cx.plan {
@@ -74,17 +84,27 @@ impl Undo {
                     Some(p) => tc::clear(p, l.index, &l.name).await,
                     None => Ok(()),
                 },
-                Step::Record => state::remove(
-                    cx.state_dir,
-                    cx.target.network,
-                    &cx.target.owner.container_id,
-                    &cx.target.owner.ifname,
-                ),
+                Step::Record => state::remove(cx.state_dir, cx.target.network, &cx.target.owner),
             };
             if let Err(e) = outcome {
                 tracing::warn!("undoing ADD ({step:?}): {e}");
+                clean = false;
             }
         }
+        clean
+    }
+}
+
+/// Removes the lock file of an attachment a failed ADD left nothing of (no record).
+pub fn give_back(cx: &Ctx<'_>, lock: AttachmentLock) {
+    let (t, o) = (cx.target, &cx.target.owner);
+    let outcome = match state::read(cx.state_dir, t.network, o) {
+        Ok(None) => lock.remove(),
+        Ok(Some(_)) => Ok(()),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = outcome {
+        tracing::warn!("keeping the lock file of {o}: {e}");
     }
 }
 

@@ -9,6 +9,7 @@
 //! Lock order for every verb: the attachment lock first, then the IPAM store lock.
 
 use super::at::Dir;
+use crate::cni::config::AttachmentId;
 use crate::cni::{Error, Result};
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg, OFlag};
@@ -100,11 +101,10 @@ fn lock_dir(state_dir: &Path, network: &str) -> Result<Dir> {
 pub fn lock_attachment(
     state_dir: &Path,
     network: &str,
-    container_id: &str,
-    ifname: &str,
+    id: &AttachmentId,
 ) -> Result<AttachmentLock> {
     let deadline = Instant::now() + LOCK_WAIT;
-    acquire(state_dir, network, container_id, ifname, Some(deadline))?
+    acquire(state_dir, network, id, Some(deadline))?
         .ok_or_else(|| Error::Internal("lock wait returned without the lock or an error".into()))
 }
 
@@ -113,19 +113,18 @@ pub fn lock_attachment(
 pub fn try_lock_attachment(
     state_dir: &Path,
     network: &str,
-    container_id: &str,
-    ifname: &str,
+    id: &AttachmentId,
 ) -> Result<Option<AttachmentLock>> {
-    acquire(state_dir, network, container_id, ifname, None)
+    acquire(state_dir, network, id, None)
 }
 
 fn acquire(
     state_dir: &Path,
     network: &str,
-    container_id: &str,
-    ifname: &str,
+    id: &AttachmentId,
     deadline: Option<Instant>,
 ) -> Result<Option<AttachmentLock>> {
+    let (container_id, ifname) = (id.container_id.as_str(), id.ifname.as_str());
     crate::cni::env::validate_container_id(container_id)?;
     crate::cni::env::validate_ifname(ifname)?;
     let dir = lock_dir(state_dir, network)?;
@@ -216,17 +215,17 @@ mod tests {
     #[test]
     fn exclusive_and_try_says_none() {
         let sd = tmp("excl");
-        let a = lock_attachment(&sd, "net", "c1", "eth0").unwrap();
+        let a = lock_attachment(&sd, "net", &AttachmentId::new("c1", "eth0")).unwrap();
         assert!(
-            try_lock_attachment(&sd, "net", "c1", "eth0")
+            try_lock_attachment(&sd, "net", &AttachmentId::new("c1", "eth0"))
                 .unwrap()
                 .is_none()
         );
-        let other = try_lock_attachment(&sd, "net", "c1", "eth1").unwrap();
+        let other = try_lock_attachment(&sd, "net", &AttachmentId::new("c1", "eth1")).unwrap();
         assert!(other.is_some(), "another ifname is another attachment");
         drop(a);
         assert!(
-            try_lock_attachment(&sd, "net", "c1", "eth0")
+            try_lock_attachment(&sd, "net", &AttachmentId::new("c1", "eth0"))
                 .unwrap()
                 .is_some()
         );
@@ -236,9 +235,11 @@ mod tests {
     #[test]
     fn a_waiter_gets_it_when_the_holder_lets_go() {
         let sd = tmp("wait");
-        let a = lock_attachment(&sd, "net", "c1", "eth0").unwrap();
+        let a = lock_attachment(&sd, "net", &AttachmentId::new("c1", "eth0")).unwrap();
         let sd2 = sd.clone();
-        let t = std::thread::spawn(move || lock_attachment(&sd2, "net", "c1", "eth0").map(|_| ()));
+        let t = std::thread::spawn(move || {
+            lock_attachment(&sd2, "net", &AttachmentId::new("c1", "eth0")).map(|_| ())
+        });
         std::thread::sleep(Duration::from_millis(50));
         drop(a);
         t.join().unwrap().unwrap();
@@ -248,16 +249,18 @@ mod tests {
     #[test]
     fn remove_makes_a_waiter_start_again_on_a_new_file() {
         let sd = tmp("remove");
-        let a = lock_attachment(&sd, "net", "c1", "eth0").unwrap();
+        let a = lock_attachment(&sd, "net", &AttachmentId::new("c1", "eth0")).unwrap();
         let sd2 = sd.clone();
-        let t = std::thread::spawn(move || lock_attachment(&sd2, "net", "c1", "eth0").unwrap());
+        let t = std::thread::spawn(move || {
+            lock_attachment(&sd2, "net", &AttachmentId::new("c1", "eth0")).unwrap()
+        });
         std::thread::sleep(Duration::from_millis(50));
         a.remove().unwrap();
         let l = t.join().unwrap();
         // Had the waiter kept its lock on the removed file, a newcomer would lock a new file at
         // the name and both would believe they hold the attachment.
         assert!(
-            try_lock_attachment(&sd, "net", "c1", "eth0")
+            try_lock_attachment(&sd, "net", &AttachmentId::new("c1", "eth0"))
                 .unwrap()
                 .is_none()
         );
@@ -270,16 +273,16 @@ mod tests {
     fn long_ids_fit_and_bad_names_are_refused() {
         let sd = tmp("names");
         let id = "a".repeat(256);
-        let l = lock_attachment(&sd, "net", &id, "eth0").unwrap();
+        let l = lock_attachment(&sd, "net", &AttachmentId::new(&id, "eth0")).unwrap();
         assert!(l.path().file_name().unwrap().len() <= 255);
         assert_eq!(
-            lock_attachment(&sd, "net", "../x", "eth0")
+            lock_attachment(&sd, "net", &AttachmentId::new("../x", "eth0"))
                 .unwrap_err()
                 .code(),
             4
         );
         assert_eq!(
-            lock_attachment(&sd, "../n", "c", "eth0")
+            lock_attachment(&sd, "../n", &AttachmentId::new("c", "eth0"))
                 .unwrap_err()
                 .code(),
             7

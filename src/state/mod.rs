@@ -13,6 +13,7 @@ pub mod lock;
 
 pub use lock::{AttachmentLock, lock_attachment, try_lock_attachment};
 
+use crate::cni::config::AttachmentId;
 use crate::cni::{CniResult, Error, Result, Version};
 use crate::dataplane::netns::{self, NetnsId};
 use at::Dir;
@@ -263,12 +264,8 @@ fn parse(d: &Dir, network: &str, name: &str, bytes: &[u8]) -> Result<Record> {
 }
 
 /// Reads a record; a missing one is `Ok(None)`, an unreadable or untrustworthy one an error.
-pub fn read(
-    state_dir: &Path,
-    network: &str,
-    container_id: &str,
-    ifname: &str,
-) -> Result<Option<Record>> {
+pub fn read(state_dir: &Path, network: &str, id: &AttachmentId) -> Result<Option<Record>> {
+    let (container_id, ifname) = (id.container_id.as_str(), id.ifname.as_str());
     check(network, container_id, ifname)?;
     let Some(d) = open_dir(state_dir, network, false)? else {
         return Ok(None);
@@ -285,15 +282,37 @@ pub fn read(
 
 /// Removes a record (a symlink there is removed, never followed), and the temp files of its
 /// writes that a killed ADD left (the caller holds the attachment lock, so none is in flight).
-pub fn remove(state_dir: &Path, network: &str, container_id: &str, ifname: &str) -> Result<()> {
+/// Finding them costs a listing of every record.
+pub fn remove(state_dir: &Path, network: &str, id: &AttachmentId) -> Result<()> {
+    remove_record(state_dir, network, id, true)
+}
+
+/// As [`remove`], for a caller that [`list`]ed the records moments ago (which swept temps older
+/// than a minute): temps are looked for only when no record was there. A record is written once
+/// per ADD, after that ADD removed the earlier one, so a killed write's temp is left next to no
+/// record (unless planted).
+pub fn remove_listed(state_dir: &Path, network: &str, id: &AttachmentId) -> Result<()> {
+    remove_record(state_dir, network, id, false)
+}
+
+fn remove_record(
+    state_dir: &Path,
+    network: &str,
+    id: &AttachmentId,
+    always_sweep: bool,
+) -> Result<()> {
+    let (container_id, ifname) = (id.container_id.as_str(), id.ifname.as_str());
     check(network, container_id, ifname)?;
     let Some(d) = open_dir(state_dir, network, false)? else {
         return Ok(());
     };
     let name = file_name_of(container_id, ifname);
-    d.remove(&name)?;
+    let mut removed = d.remove(&name)?;
     if let Some(old) = legacy_name(container_id, ifname) {
-        d.remove(&old)?;
+        removed |= d.remove(&old)?;
+    }
+    if removed && !always_sweep {
+        return Ok(());
     }
     let prefix = at::temp_prefix(&name);
     if let Ok(names) = d.entries() {
@@ -436,14 +455,23 @@ mod tests {
     fn a_256_character_id_writes_reads_and_removes() {
         let sd = tmp("long");
         let id = "b".repeat(256);
-        remove(&sd, "net", &id, "eth0").unwrap();
-        assert_eq!(read(&sd, "net", &id, "eth0").unwrap(), None);
+        remove(&sd, "net", &AttachmentId::new(&id, "eth0")).unwrap();
+        assert_eq!(
+            read(&sd, "net", &AttachmentId::new(&id, "eth0")).unwrap(),
+            None
+        );
         let r = record(&id, "eth0");
         write(&sd, &r).unwrap();
-        assert_eq!(read(&sd, "net", &id, "eth0").unwrap(), Some(r.clone()));
+        assert_eq!(
+            read(&sd, "net", &AttachmentId::new(&id, "eth0")).unwrap(),
+            Some(r.clone())
+        );
         assert_eq!(list(&sd, "net").0, vec![r]);
-        remove(&sd, "net", &id, "eth0").unwrap();
-        assert_eq!(read(&sd, "net", &id, "eth0").unwrap(), None);
+        remove(&sd, "net", &AttachmentId::new(&id, "eth0")).unwrap();
+        assert_eq!(
+            read(&sd, "net", &AttachmentId::new(&id, "eth0")).unwrap(),
+            None
+        );
         assert_eq!(networks(&sd), ["net"]);
         let _ = std::fs::remove_dir_all(sd);
     }
@@ -460,10 +488,16 @@ mod tests {
             serde_json::to_vec(&r).unwrap(),
         )
         .unwrap();
-        assert_eq!(read(&sd, "net", &id, "eth0").unwrap(), Some(r.clone()));
+        assert_eq!(
+            read(&sd, "net", &AttachmentId::new(&id, "eth0")).unwrap(),
+            Some(r.clone())
+        );
         assert_eq!(list(&sd, "net"), (vec![r], vec![]));
-        remove(&sd, "net", &id, "eth0").unwrap();
-        assert_eq!(read(&sd, "net", &id, "eth0").unwrap(), None);
+        remove(&sd, "net", &AttachmentId::new(&id, "eth0")).unwrap();
+        assert_eq!(
+            read(&sd, "net", &AttachmentId::new(&id, "eth0")).unwrap(),
+            None
+        );
         let _ = std::fs::remove_dir_all(sd);
     }
 
@@ -509,10 +543,15 @@ mod tests {
                 "v9@eth0.json"
             ]
         );
-        let e = read(&sd, "net", "c2", "eth0").unwrap_err();
+        let e = read(&sd, "net", &AttachmentId::new("c2", "eth0")).unwrap_err();
         assert!(e.to_string().contains("victim0"), "{e}");
-        assert!(read(&sd, "net", "c3", "eth0").is_err());
-        assert_eq!(read(&sd, "net", "big", "eth0").unwrap_err().code(), 5);
+        assert!(read(&sd, "net", &AttachmentId::new("c3", "eth0")).is_err());
+        assert_eq!(
+            read(&sd, "net", &AttachmentId::new("big", "eth0"))
+                .unwrap_err()
+                .code(),
+            5
+        );
         remove_unreadable(&sd, "net", &d.join("planted.json")).unwrap();
         assert!(!d.join("planted.json").exists());
         assert!(remove_unreadable(&sd, "net", &sd.join("x.json")).is_err());
@@ -529,14 +568,19 @@ mod tests {
         write(&sd, &record("a", "eth0")).unwrap();
         let d = dir(&sd, "net");
         symlink(outside.join("victim"), d.join("s1@eth0.json")).unwrap();
-        assert_eq!(read(&sd, "net", "s1", "eth0").unwrap_err().code(), 5);
+        assert_eq!(
+            read(&sd, "net", &AttachmentId::new("s1", "eth0"))
+                .unwrap_err()
+                .code(),
+            5
+        );
         write(&sd, &record("s1", "eth0")).unwrap();
         assert!(
             !std::fs::symlink_metadata(d.join("s1@eth0.json"))
                 .unwrap()
                 .is_symlink()
         );
-        remove(&sd, "net", "s1", "eth0").unwrap();
+        remove(&sd, "net", &AttachmentId::new("s1", "eth0")).unwrap();
         std::fs::create_dir_all(sd.join("attachments")).unwrap();
         symlink(&outside, sd.join("attachments/n2")).unwrap();
         let mut r = record("a", "eth0");
@@ -544,7 +588,12 @@ mod tests {
         let e = write(&sd, &r).unwrap_err();
         assert_eq!(e.code(), 5);
         assert!(e.to_string().contains("attachments/n2"), "{e}");
-        assert_eq!(read(&sd, "n2", "a", "eth0").unwrap_err().code(), 5);
+        assert_eq!(
+            read(&sd, "n2", &AttachmentId::new("a", "eth0"))
+                .unwrap_err()
+                .code(),
+            5
+        );
         assert_eq!(list(&sd, "n2").1.len(), 1);
         assert!(!networks(&sd).contains(&"n2".to_string()));
         assert_eq!(std::fs::read(outside.join("victim")).unwrap(), b"keep");
@@ -562,7 +611,9 @@ mod tests {
         let d = dir(&sd, "net");
         std::fs::create_dir_all(&d).unwrap();
         std::fs::write(d.join("a@eth0.json"), v.to_string()).unwrap();
-        let r = read(&sd, "net", "a", "eth0").unwrap().unwrap();
+        let r = read(&sd, "net", &AttachmentId::new("a", "eth0"))
+            .unwrap()
+            .unwrap();
         assert_eq!((r.netns_id, r.boot_id), (None, None));
         let _ = std::fs::remove_dir_all(sd);
     }
