@@ -64,6 +64,16 @@ pub fn describe_attempts(a: &[Attempt]) -> String {
         .join("; ")
 }
 
+/// The first words of a warning about `failures`: "unreachable" only when no server answered
+/// at all; a 500, garbage or an oversized body is an answer, just not a usable one.
+pub fn headline(failures: &[Attempt]) -> &'static str {
+    if failures.iter().all(|a| a.kind == Kind::Unreachable) {
+        "Kubernetes API unreachable"
+    } else {
+        "no usable answer from the Kubernetes API"
+    }
+}
+
 /// The kubeconfig, parsed, without credentials resolved yet.
 #[derive(Clone)]
 pub struct Base {
