@@ -350,12 +350,13 @@ async fn attempt(
     node: &str,
     deadline: Instant,
 ) -> Result<ClusterInfo, (Kind, String)> {
-    // The connector's own timeouts fire just before the overall deadline, so a black-holed
-    // connect is reported as such rather than as a bare deadline.
+    // The connector's own timeouts fire before the overall deadline, so a black-holed connect
+    // or a server that never answers is reported as such rather than as a bare deadline. The
+    // read timer only starts after the connect and the TLS handshake (tens of ms on a loaded
+    // node), so the margin grows with the budget: a fixed 20 ms lost that race.
     let left = deadline.saturating_duration_since(Instant::now());
-    let inner = left
-        .saturating_sub(Duration::from_millis(20))
-        .max(Duration::from_millis(5));
+    let margin = (left / 5).max(Duration::from_millis(20));
+    let inner = left.saturating_sub(margin).max(Duration::from_millis(5));
     cfg.connect_timeout = Some(inner);
     cfg.read_timeout = Some(inner);
     cfg.write_timeout = Some(inner);
