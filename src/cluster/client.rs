@@ -12,7 +12,7 @@ use futures::stream::FuturesUnordered;
 use ipnetwork::IpNetwork;
 use k8s_openapi::api::core::v1::{Endpoints, Node};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Api, ListParams};
+use kube::api::Api;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use std::future::Future;
@@ -409,33 +409,14 @@ fn https_port<'a>(ports: impl IntoIterator<Item = (Option<&'a str>, Option<i32>)
     }
 }
 
-/// The `default/kubernetes` service's real addresses: EndpointSlices, else core Endpoints.
+/// The `default/kubernetes` service's real addresses: its EndpointSlice, else (an apiserver
+/// without discovery.k8s.io/v1) its core Endpoints. Both are read by name, so the RBAC can be a
+/// Role in `default` limited to `resourceNames: [kubernetes]` (the apiserver names the slice it
+/// mirrors after the Endpoints object).
 async fn api_endpoints(client: Client) -> Result<Vec<SocketAddr>, String> {
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
-    let lp = ListParams::default().labels("kubernetes.io/service-name=kubernetes");
-    match slices.list(&lp).await {
-        Ok(list) => {
-            let mut out = Vec::new();
-            for s in list.items {
-                let ports = s.ports.unwrap_or_default();
-                let Some(port) = https_port(ports.iter().map(|p| (p.name.as_deref(), p.port)))
-                else {
-                    continue;
-                };
-                for ep in s.endpoints {
-                    if ep.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
-                        continue;
-                    }
-                    out.extend(
-                        ep.addresses
-                            .iter()
-                            .filter_map(|a| a.parse().ok())
-                            .map(|ip| SocketAddr::new(ip, port)),
-                    );
-                }
-            }
-            Ok(out)
-        }
+    match slices.get("kubernetes").await {
+        Ok(s) => Ok(slice_addresses(s)),
         Err(kube::Error::Api(s)) if s.code == 404 => {
             let eps: Api<Endpoints> = Api::namespaced(client, "default");
             let e = eps.get("kubernetes").await.map_err(|e| classify(&e).1)?;
@@ -457,6 +438,27 @@ async fn api_endpoints(client: Client) -> Result<Vec<SocketAddr>, String> {
         }
         Err(e) => Err(classify(&e).1),
     }
+}
+
+/// The ready addresses of one EndpointSlice, at its https port.
+fn slice_addresses(s: EndpointSlice) -> Vec<SocketAddr> {
+    let ports = s.ports.unwrap_or_default();
+    let Some(port) = https_port(ports.iter().map(|p| (p.name.as_deref(), p.port))) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for ep in s.endpoints {
+        if ep.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
+            continue;
+        }
+        out.extend(
+            ep.addresses
+                .iter()
+                .filter_map(|a| a.parse().ok())
+                .map(|ip| SocketAddr::new(ip, port)),
+        );
+    }
+    out
 }
 
 /// A short, one-line, operator-readable reason, decided from the error's types. Never includes
