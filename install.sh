@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # Installs holdfast on this node and proves it works.
 #
-#   sudo ./install.sh              build (release), install binary + conflist, create stateDir,
-#                                  then self-check: a throwaway pod netns gets an address, is
-#                                  pinged, and is deleted again.
+#   sudo ./install.sh              build (release), then `holdfast install` puts the binary and
+#                                  the conflist in place (atomically, after a self-check of the
+#                                  binary, only what changed), create stateDir, then self-check:
+#                                  a throwaway pod netns gets an address, is pinged, and is
+#                                  deleted again.
 #   sudo ./install.sh --uninstall  reverse all of it.
 #
 # Environment: CNI_BIN_DIR (/opt/cni/bin), CNI_CONF_DIR (/etc/cni/net.d),
 # HOLDFAST_STATE_DIR (/var/lib/cni/holdfast), HOLDFAST_CONFLIST (conf/10-holdfast.conflist).
-# Idempotent: running it twice leaves the same result.
+# Idempotent: running it twice leaves the same result. The files are written by the same code as
+# the DaemonSet's init container (src/cli/install.rs): a conflist with a `kubernetes` section
+# also gets the service account's CA and token and a kubeconfig naming them, when run in a pod.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -18,7 +22,6 @@ STATE_DIR=${HOLDFAST_STATE_DIR:-/var/lib/cni/holdfast}
 CONFLIST=${HOLDFAST_CONFLIST:-conf/10-holdfast.conflist}
 CONF_DEST="$CONF_DIR/$(basename "$CONFLIST")"
 KUBECONFIG_DEST="$CONF_DIR/holdfast-kubeconfig"
-SA_DIR=/var/run/secrets/kubernetes.io/serviceaccount
 
 say() { echo "install.sh: $*"; }
 die() { echo "install.sh: ERROR: $*" >&2; exit 1; }
@@ -27,7 +30,9 @@ die() { echo "install.sh: ERROR: $*" >&2; exit 1; }
 
 uninstall() {
   rm -f "$BIN_DIR/holdfast"
-  if [ -f "$CONF_DEST" ] && cmp -s "$CONFLIST" "$CONF_DEST"; then rm -f "$CONF_DEST"; fi
+  # `holdfast install` wrote it (keeping an older cniVersion, so it may differ from $CONFLIST);
+  # left behind without the binary it would name a plugin that is gone.
+  if [ -f "$CONF_DEST" ] && grep -q '"type": *"holdfast"' "$CONF_DEST"; then rm -f "$CONF_DEST"; fi
   rm -f "$KUBECONFIG_DEST" "$CONF_DIR/holdfast-token" "$CONF_DIR/holdfast-ca.crt"
   if [ -d "$STATE_DIR/attachments" ] && [ -n "$(find "$STATE_DIR/attachments" -name '*.json' 2>/dev/null)" ]; then
     say "kept $STATE_DIR: pods still have attachments (delete them, then run --uninstall again)"
@@ -52,48 +57,12 @@ command -v cargo >/dev/null || die "cargo not found: install Rust 1.85 or later 
 
 say "building (release, static)"
 built=$(scripts/build-release.sh)
-install -d -m 0755 "$BIN_DIR" "$CONF_DIR"
-install -m 0755 "$built" "$BIN_DIR/holdfast.new"
-mv -f "$BIN_DIR/holdfast.new" "$BIN_DIR/holdfast"
-say "installed $BIN_DIR/holdfast"
-
-if [ ! -f "$CONF_DEST" ]; then
-  install -m 0644 "$CONFLIST" "$CONF_DEST"
-  say "installed $CONF_DEST"
-elif cmp -s "$CONFLIST" "$CONF_DEST"; then
-  say "$CONF_DEST is up to date"
-else
-  say "kept existing $CONF_DEST (differs from $CONFLIST; not overwritten)"
-fi
+# build-release.sh names the binary under ./target; cargo honours CARGO_TARGET_DIR.
+built="${CARGO_TARGET_DIR:-target}/${built#target/}"
+"$built" install --binary "$built" --bin-dir "$BIN_DIR" --conf-dir "$CONF_DIR" --conflist "$CONFLIST" 2>&1 \
+  | sed 's/^holdfast install: /install.sh: /' \
+  || die "holdfast install failed"
 install -d -m 0700 "$STATE_DIR"
-
-# Inside a pod (the DaemonSet), write a kubeconfig from the service account. The token file is
-# referenced, not embedded, so a rotated token is picked up by the next plugin run.
-if [ -r "$SA_DIR/token" ] && [ -n "${KUBERNETES_SERVICE_HOST:-}" ]; then
-  install -m 0600 "$SA_DIR/token" "$CONF_DIR/holdfast-token"
-  install -m 0644 "$SA_DIR/ca.crt" "$CONF_DIR/holdfast-ca.crt"
-  host=$KUBERNETES_SERVICE_HOST; case $host in *:*) host="[$host]";; esac
-  umask 077
-  cat > "$KUBECONFIG_DEST.tmp" <<KCFG
-apiVersion: v1
-kind: Config
-clusters:
-- name: local
-  cluster:
-    server: https://$host:${KUBERNETES_SERVICE_PORT:-443}
-    certificate-authority: $CONF_DIR/holdfast-ca.crt
-users:
-- name: holdfast
-  user:
-    tokenFile: $CONF_DIR/holdfast-token
-contexts:
-- name: holdfast
-  context: {cluster: local, user: holdfast}
-current-context: holdfast
-KCFG
-  mv -f "$KUBECONFIG_DEST.tmp" "$KUBECONFIG_DEST"
-  say "wrote $KUBECONFIG_DEST from the service account"
-fi
 
 # Self-check: the real binary, the real stateDir, this host's netns. A link-local /29 keeps it
 # clear of any real network; everything made here is removed again, also on failure.

@@ -546,6 +546,26 @@ fn client_certificates_authenticate() {
 
 #[test]
 #[ignore = "needs root"]
+fn the_apiserver_endpoints_are_read_by_name_under_least_privilege_rbac() {
+    let Some(e) = setup("endpoints_by_name", Vip::Refuse) else {
+        return;
+    };
+    // The fake forbids listing EndpointSlices, as the shipped Role (get of `kubernetes` only)
+    // makes a real apiserver do.
+    let _api = FakeApi::start(
+        &e.w.node,
+        format!("{VIP}:443").parse().unwrap(),
+        &e.pki,
+        TOKEN,
+        cluster(&["10.42.3.0/24"], true),
+    );
+    let r = e.sync(&e.conf(json!({})));
+    assert_eq!(r.code, 0, "{} {}", r.stdout, r.stderr);
+    assert_eq!(e.cache()["apiEndpoints"], json!([format!("{REAL}:443")]));
+}
+
+#[test]
+#[ignore = "needs root"]
 fn sync_reports_what_it_fetched_and_old_apiservers_use_endpoints() {
     let Some(e) = setup("sync_reports_what_it_fetched", Vip::Refuse) else {
         return;

@@ -28,7 +28,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
-cargo clippy --all-targets --locked --features failpoints -- -D warnings
+# `cri` also lints the containerd test's CRI client (it needs protoc, installed above).
+cargo clippy --all-targets --locked --features failpoints,cri -- -D warnings
 log=$(mktemp /tmp/holdfast-test.XXXXXX)
 trap 'rm -f "$log"' EXIT
 echo "== cargo test"

@@ -3,8 +3,8 @@
 //! cluster-info cache, so the first pod after a cold reboot finds a warm cache even when the
 //! VIP is down. ADD and DEL never need it. `holdfast agent --check` is its exec probe.
 
-use super::{conffile, install, logging};
-use crate::cluster::{self, KubeConf};
+use super::{conffile, logging};
+use crate::cluster::{self, KubeConf, credentials};
 use crate::cni::{Error, Result};
 use crate::plugin::conf::Conf;
 use nix::sys::signal::{SigSet, Signal};
@@ -33,7 +33,7 @@ struct Args {
 fn parse(args: &[String]) -> std::result::Result<Args, String> {
     let mut a = Args {
         conf: None,
-        sa_dir: install::SA_DIR.into(),
+        sa_dir: credentials::SA_DIR.into(),
         check: false,
     };
     let mut it = args.iter();
@@ -123,7 +123,7 @@ fn run(conf: &Conf, kube: &KubeConf, sa_dir: &Path) -> Result<()> {
 /// One round: token and CA, then the cache. `Ok` names what was fetched, `Err` why not.
 fn tick(conf: &Conf, kube: &KubeConf, sa_dir: &Path) -> std::result::Result<String, String> {
     let dir = kube.kubeconfig.parent().unwrap_or(Path::new("."));
-    match install::sync_service_account(sa_dir, dir) {
+    match credentials::sync_service_account(sa_dir, dir) {
         Ok(files) => {
             for (f, changed) in files {
                 if changed {
@@ -146,12 +146,8 @@ fn tick(conf: &Conf, kube: &KubeConf, sa_dir: &Path) -> std::result::Result<Stri
             Ok(what)
         }
         Ok(Err(attempts)) => {
-            let why = attempts
-                .iter()
-                .map(|a| a.to_string())
-                .collect::<Vec<_>>()
-                .join("; ");
-            tracing::warn!("Kubernetes API unreachable, cache kept: {why}");
+            let why = cluster::client::describe_attempts(&attempts);
+            tracing::warn!("{}", cache_kept(&attempts));
             Err(why)
         }
         Err(e) => {
@@ -159,6 +155,15 @@ fn tick(conf: &Conf, kube: &KubeConf, sa_dir: &Path) -> std::result::Result<Stri
             Err(e.to_string())
         }
     }
+}
+
+/// The warning for a round that got no cluster info.
+fn cache_kept(attempts: &[cluster::client::Attempt]) -> String {
+    format!(
+        "{}, cache kept: {}",
+        cluster::client::headline(attempts),
+        cluster::client::describe_attempts(attempts)
+    )
 }
 
 /// Sleeps `d` unless one of `set` (blocked) arrives first; returns it then.
@@ -189,10 +194,23 @@ fn check(state_dir: &Path, now: u64) -> i32 {
 
 fn health_verdict(state_dir: &Path, now: u64) -> std::result::Result<String, String> {
     let p = state_dir.join(HEALTH_FILE);
-    let bytes = std::fs::read(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+    // Bounded and non-blocking: a FIFO planted there must not hang the probe.
+    let bytes = crate::state::atomic::read(&p, 64 << 10)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("{}: no beat yet", p.display()))?;
     let h: Health = serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", p.display()))?;
-    let age = now.saturating_sub(h.beat_unix);
     let limit = h.interval_secs.saturating_mul(3).max(30);
+    // A beat from the future (the clock stepped back) proves nothing about now: unhealthy, so
+    // the restarted agent beats by the new clock.
+    let Some(age) = now
+        .checked_sub(h.beat_unix)
+        .or_else(|| (h.beat_unix <= now.saturating_add(h.interval_secs)).then_some(0))
+    else {
+        return Err(format!(
+            "agent beat dated {}s in the future (clock stepped back?)",
+            h.beat_unix.saturating_sub(now)
+        ));
+    };
     let refreshed = h
         .last_refresh_ok_unix
         .map(|t| format!("{}s ago", now.saturating_sub(t)))
@@ -226,7 +244,44 @@ mod tests {
             "{ok}"
         );
         assert!(health_verdict(&d, 1091).is_err());
+        // A beat from the future: within one interval is clock jitter, beyond is a step back.
+        assert!(health_verdict(&d, 980).is_ok());
+        let e = health_verdict(&d, 900).unwrap_err();
+        assert!(e.contains("future"), "{e}");
         std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn the_probe_does_not_hang_on_a_fifo() {
+        let d = std::env::temp_dir().join(format!("hf-agent-fifo-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        let fifo = d.join(HEALTH_FILE);
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let dd = d.clone();
+        std::thread::spawn(move || tx.send(health_verdict(&dd, 1000)));
+        let got = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the probe hung on a FIFO");
+        assert!(got.unwrap_err().contains("not a regular file"));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn an_answer_that_was_not_usable_is_not_called_unreachable() {
+        use cluster::client::{Attempt, Kind};
+        let a = |kind| Attempt {
+            server: "10.43.0.1:443".into(),
+            error: "HTTP 500: boom".into(),
+            kind,
+        };
+        let line = cache_kept(&[a(Kind::Unreachable), a(Kind::Rejected)]);
+        assert!(
+            line.starts_with("no usable answer from the Kubernetes API, cache kept: "),
+            "{line}"
+        );
+        assert!(cache_kept(&[a(Kind::Unreachable)]).starts_with("Kubernetes API unreachable"));
     }
 
     #[test]

@@ -1,27 +1,26 @@
-//! `holdfast install`: what the DaemonSet's init container runs on a node. Puts the binary into
-//! the host's CNI bin dir, then the CA, token and kubeconfig, and the conflist last (a runtime
-//! calls a node network-ready as soon as a conflist appears, so everything it names must exist
-//! by then). Each file is replaced atomically and only after a self-check, and only when its
-//! content changed, so a second run changes nothing.
+//! `holdfast install`: what the DaemonSet's init container (and install.sh) runs on a node. Puts
+//! the binary into the host's CNI bin dir, then the CA, token and kubeconfig, and the conflist
+//! last (a runtime calls a node network-ready as soon as a conflist appears, so everything it
+//! names must exist by then). Each file goes through the state layer's checked atomic writer:
+//! replaced only after a self-check, and only when its content, mode or owner differ, so a
+//! second run changes nothing.
 
 use super::conffile;
+use crate::cluster::credentials::{self, CA_FILE, TOKEN_FILE};
 use crate::cni::{Error, Result};
+use crate::proc;
+use crate::state::{at, atomic};
 use serde_json::Value;
-use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The conflist holdfast ships for Kubernetes nodes, installed unless `--conflist` names another.
 pub const SHIPPED_CONFLIST: &str = include_str!("../../conf/10-holdfast-k8s.conflist");
 const SHIPPED_CONFLIST_NAME: &str = "10-holdfast-k8s.conflist";
-/// Files written beside the kubeconfig; the agent keeps the token current.
-pub const CA_FILE: &str = "holdfast-ca.crt";
-pub const TOKEN_FILE: &str = "holdfast-token";
-pub const SA_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 /// A binary that does not answer VERSION within this is not installed.
 const SELF_CHECK_DEADLINE: Duration = Duration::from_secs(5);
+/// Far above any holdfast build (a debug one included); a file this big is not one.
+const MAX_BINARY: usize = 1 << 30;
 
 /// Where things come from and go to; each has a flag and an environment variable.
 #[derive(Clone, Debug)]
@@ -51,7 +50,7 @@ impl Options {
             conflist: env("HOLDFAST_CONFLIST")
                 .filter(|v| !v.is_empty())
                 .map(Into::into),
-            sa_dir: env_or("HOLDFAST_SA_DIR", SA_DIR).into(),
+            sa_dir: env_or("HOLDFAST_SA_DIR", credentials::SA_DIR).into(),
             server: server_from_env(&env)?,
         };
         let mut it = args.iter();
@@ -135,7 +134,7 @@ pub fn run(o: &Options) -> Result<Report> {
                 .and_then(|n| n.to_str())
                 .ok_or_else(|| Error::config(format!("{}: not a file name", p.display())))?
                 .to_string(),
-            std::fs::read(p).map_err(|e| Error::io(format!("reading {}", p.display()), e))?,
+            conffile::read(p)?,
         ),
         None => (
             SHIPPED_CONFLIST_NAME.to_string(),
@@ -143,25 +142,23 @@ pub fn run(o: &Options) -> Result<Report> {
         ),
     };
     let dest = o.conf_dir.join(&name);
-    let existing = read_optional(&dest)?;
+    // An unreadable conflist there (a FIFO, a directory) is replaced like a foreign one.
+    let existing = conffile::read(&dest).ok();
     let (conflist, version) = conflist_text(&source, existing.as_deref())?;
-    for other in other_holdfast_conflists(&o.conf_dir, &name) {
-        report.lines.push(format!(
-            "note: {} also configures holdfast; left alone",
-            other.display()
-        ));
-    }
+    let conf = conffile::parse(&conflist, &format!("the conflist to install ({name})"))?;
+    survey(&o.conf_dir, &name, &mut report);
 
     let bin = o.bin_dir.join("holdfast");
-    let bytes = std::fs::read(&o.binary)
-        .map_err(|e| Error::io(format!("reading {}", o.binary.display()), e))?;
-    let changed = replace(&bin, &bytes, 0o755, |tmp| check_binary(tmp, &version))?;
+    let bytes = at::read_following(&o.binary, MAX_BINARY)?.ok_or_else(|| {
+        Error::config(format!("the binary {} does not exist", o.binary.display()))
+    })?;
+    let changed = atomic::replace_checked(&bin, &bytes, 0o755, |tmp| check_binary(tmp, &version))?;
     report.note(&bin, changed);
 
-    if let Some(kubeconfig) = kubeconfig_path(&conflist)? {
-        install_credentials(o, &kubeconfig, &mut report)?;
+    if let Ok(kube) = conf.kube() {
+        install_credentials(o, &kube.kubeconfig, &mut report)?;
     }
-    let changed = replace(&dest, &conflist, 0o644, |tmp| {
+    let changed = atomic::replace_checked(&dest, &conflist, 0o644, |tmp| {
         conffile::load(Some(tmp)).map(|_| ())
     })?;
     report.note(&dest, changed);
@@ -184,40 +181,19 @@ fn install_credentials(o: &Options, kubeconfig: &Path, report: &mut Report) -> R
              (KUBERNETES_SERVICE_HOST unset and no --server)",
         )
     })?;
-    for (path, changed) in sync_service_account(&o.sa_dir, &o.conf_dir)? {
+    for (path, changed) in credentials::sync_service_account(&o.sa_dir, &o.conf_dir)? {
         report.note(&path, changed);
     }
-    let text = kubeconfig_text(server, &host_dir.join(CA_FILE), &host_dir.join(TOKEN_FILE));
+    let text =
+        credentials::kubeconfig_text(server, &host_dir.join(CA_FILE), &host_dir.join(TOKEN_FILE));
     let dest = o.conf_dir.join(file);
-    let changed = replace(&dest, text.as_bytes(), 0o600, |tmp| {
+    let changed = atomic::replace_checked(&dest, text.as_bytes(), 0o600, |tmp| {
         kube::config::Kubeconfig::read_from(tmp)
             .map(|_| ())
             .map_err(|e| Error::config(format!("generated kubeconfig does not parse: {e}")))
     })?;
     report.note(&dest, changed);
     Ok(())
-}
-
-/// Copies the service account's CA and token into `dir` when they differ (projected tokens
-/// rotate). Returns each destination and whether it was replaced.
-pub fn sync_service_account(sa_dir: &Path, dir: &Path) -> Result<Vec<(PathBuf, bool)>> {
-    let mut out = Vec::new();
-    for (src, dst, mode) in [("ca.crt", CA_FILE, 0o644), ("token", TOKEN_FILE, 0o600)] {
-        let from = sa_dir.join(src);
-        let bytes = std::fs::read(&from).map_err(|e| {
-            Error::io(
-                format!("reading the service account's {}", from.display()),
-                e,
-            )
-        })?;
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Err(Error::config(format!("{} is empty", from.display())));
-        }
-        let to = dir.join(dst);
-        let changed = replace(&to, &bytes, mode, |_| Ok(()))?;
-        out.push((to, changed));
-    }
-    Ok(out)
 }
 
 /// The conflist to write: `source` as shipped, except that an installed conflist's
@@ -250,106 +226,74 @@ pub fn conflist_text(source: &[u8], existing: Option<&[u8]>) -> Result<(Vec<u8>,
     }
 }
 
-/// The holdfast plugin's `kubernetes.kubeconfig`, if it has a kubernetes section.
-fn kubeconfig_path(conflist: &[u8]) -> Result<Option<PathBuf>> {
-    let v: Value = serde_json::from_slice(conflist).map_err(|e| Error::decode("conflist", e))?;
-    let plugin = v
-        .get("plugins")
-        .and_then(Value::as_array)
-        .and_then(|p| {
-            p.iter()
-                .find(|p| p.get("type").and_then(Value::as_str) == Some("holdfast"))
-        })
-        .ok_or_else(|| Error::config("the conflist to install has no plugin of type holdfast"))?;
-    Ok(plugin
-        .get("kubernetes")
-        .and_then(|k| k.get("kubeconfig"))
-        .and_then(Value::as_str)
-        .map(PathBuf::from))
-}
-
-/// A kubeconfig that names the CA and token files rather than embedding them, so that a
-/// rotated token is read by the next plugin run.
-pub fn kubeconfig_text(server: &str, ca: &Path, token: &Path) -> String {
-    format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster:\n    server: {server}\n    \
-         certificate-authority: {}\nusers:\n- name: holdfast\n  user:\n    tokenFile: {}\n\
-         contexts:\n- name: holdfast\n  context: {{cluster: local, user: holdfast}}\n\
-         current-context: holdfast\n",
-        ca.display(),
-        token.display()
-    )
-}
-
-/// Other files in `dir` with a holdfast plugin (e.g. one install.sh wrote): never touched.
-fn other_holdfast_conflists(dir: &Path, ours: &str) -> Vec<PathBuf> {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return Vec::new();
+/// What else in `dir` a runtime might pick, never touched: a network config that sorts before
+/// ours is the one the runtime uses (libcni takes the first by name), which would leave holdfast
+/// unused without a word unless we say so; another holdfast config is noted.
+fn survey(dir: &Path, ours: &str, report: &mut Report) {
+    let Ok(files) = conffile::candidates(dir) else {
+        return;
     };
-    let mut v: Vec<PathBuf> = rd
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.file_name().and_then(|n| n.to_str()) != Some(ours))
-        .filter(|p| {
-            matches!(
-                p.extension().and_then(|x| x.to_str()),
-                Some("conflist" | "conf")
-            )
-        })
-        .filter(|p| conffile::load(Some(p)).is_ok())
-        .collect();
-    v.sort();
-    v
+    for p in files {
+        let Some(file) = p.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if file == ours {
+            continue;
+        }
+        // Unreadable, oversized or not a regular file: no runtime uses it either.
+        let Ok(bytes) = conffile::read(&p) else {
+            continue;
+        };
+        if file < ours && conffile::is_network_config(&bytes) {
+            report.lines.push(format!(
+                "warning: {} sorts before {ours}, so the runtime uses it and not holdfast",
+                p.display()
+            ));
+        }
+        if conffile::parse(&bytes, &p.display().to_string()).is_ok() {
+            report.lines.push(format!(
+                "note: {} also configures holdfast; left alone",
+                p.display()
+            ));
+        }
+    }
 }
 
-/// Runs the candidate binary with CNI_COMMAND=VERSION (empty environment, bounded) and requires
-/// it to speak `version`.
+/// Runs the candidate binary with CNI_COMMAND=VERSION (empty environment, bounded, its whole
+/// process group killed at the deadline) and requires it to speak `version`.
 fn check_binary(path: &Path, version: &str) -> Result<()> {
     let fail = |why: String| Error::config(format!("self-check of {}: {why}", path.display()));
-    let spawn = || {
-        Command::new(path)
-            .env_clear()
-            .env("CNI_COMMAND", "VERSION")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
+    let run = || {
+        crate::runtime::block_on(async {
+            let mut c = tokio::process::Command::new(path);
+            c.env_clear().env("CNI_COMMAND", "VERSION");
+            let deadline = tokio::time::Instant::now() + SELF_CHECK_DEADLINE;
+            let limits = proc::Limits {
+                stdout: 64 << 10,
+                stderr: None,
+            };
+            Ok(proc::run_bounded(&mut c, None, deadline, limits).await)
+        })
     };
     // A just-written file can be briefly "busy" while another thread's fork still holds it.
-    let mut child = spawn()
-        .or_else(|e| match e.raw_os_error() {
-            Some(libc::ETXTBSY) => {
-                std::thread::sleep(Duration::from_millis(50));
-                spawn()
-            }
-            _ => Err(e),
-        })
-        .map_err(|e| fail(format!("cannot run it: {e}")))?;
-    let started = Instant::now();
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(s)) => break s,
-            Ok(None) if started.elapsed() < SELF_CHECK_DEADLINE => {
-                std::thread::sleep(Duration::from_millis(5))
-            }
-            Ok(None) | Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(fail(format!(
-                    "no answer to VERSION within {SELF_CHECK_DEADLINE:?}"
-                )));
-            }
+    let out = match run()? {
+        Err(proc::Error::Spawn(e)) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+            std::thread::sleep(Duration::from_millis(50));
+            run()?
         }
+        other => other,
     };
-    let mut out = Vec::new();
-    if let Some(mut s) = child.stdout.take() {
-        let _ = s.read_to_end(&mut out);
+    let out = out.map_err(|e| match e {
+        proc::Error::TimedOut => fail(format!(
+            "no answer to VERSION within {SELF_CHECK_DEADLINE:?}, killed"
+        )),
+        e => fail(format!("VERSION: {e}")),
+    })?;
+    if !out.status.success() {
+        return Err(fail(format!("VERSION exited with {}", out.status)));
     }
-    if !status.success() {
-        return Err(fail(format!("VERSION exited with {status}")));
-    }
-    let v: Value =
-        serde_json::from_slice(&out).map_err(|e| fail(format!("VERSION printed no JSON: {e}")))?;
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| fail(format!("VERSION printed no JSON: {e}")))?;
     let speaks = v
         .get("supportedVersions")
         .and_then(Value::as_array)
@@ -358,63 +302,6 @@ fn check_binary(path: &Path, version: &str) -> Result<()> {
         return Err(fail(format!("it does not support cniVersion {version}")));
     }
     Ok(())
-}
-
-fn read_optional(p: &Path) -> Result<Option<Vec<u8>>> {
-    match std::fs::read(p) {
-        Ok(b) => Ok(Some(b)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::io(format!("reading {}", p.display()), e)),
-    }
-}
-
-/// Replaces `path` with `bytes` (mode `mode`) unless it already holds exactly them: a fresh
-/// temp file in the same directory (O_EXCL, so no planted symlink is followed), fsynced, passed
-/// to `check`, renamed over `path`, and the directory fsynced. Returns whether it was replaced.
-pub fn replace(
-    path: &Path,
-    bytes: &[u8],
-    mode: u32,
-    check: impl FnOnce(&Path) -> Result<()>,
-) -> Result<bool> {
-    if read_optional(path)?.as_deref() == Some(bytes) {
-        return Ok(false);
-    }
-    let dir = path
-        .parent()
-        .ok_or_else(|| Error::Internal(format!("{} has no directory", path.display())))?;
-    std::fs::create_dir_all(dir)
-        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let tmp = dir.join(format!(".{name}.{}.{nanos}.tmp", std::process::id()));
-    let written = (|| -> std::io::Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()
-    })();
-    let outcome = written
-        .map_err(|e| Error::io(format!("writing {}", tmp.display()), e))
-        .and_then(|()| check(&tmp))
-        .and_then(|()| {
-            std::fs::rename(&tmp, path)
-                .map_err(|e| Error::io(format!("renaming onto {}", path.display()), e))
-        });
-    if outcome.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    outcome?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(format!("syncing {}", dir.display()), e))?;
-    Ok(true)
 }
 
 #[cfg(test)]
@@ -577,24 +464,128 @@ mod tests {
     }
 
     #[test]
-    fn a_rotated_token_is_replaced_and_an_unchanged_one_is_not() {
-        let s = Scratch::new("rotate");
+    fn a_loose_mode_is_tightened_even_when_the_content_is_unchanged() {
+        let s = Scratch::new("mode");
+        let o = s.opts(s.plugin(ALL));
+        run(&o).unwrap();
+        for (f, loose) in [
+            ("net.d/holdfast-token", 0o644),
+            ("net.d/holdfast-kubeconfig", 0o644),
+            ("bin/holdfast", 0o777),
+        ] {
+            let p = s.0.join(f);
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(loose)).unwrap();
+        }
+        let r = run(&o).unwrap();
+        assert_eq!(s.mode("net.d/holdfast-token"), 0o600, "{r:?}");
+        assert_eq!(s.mode("net.d/holdfast-kubeconfig"), 0o600, "{r:?}");
+        assert_eq!(s.mode("bin/holdfast"), 0o755, "{r:?}");
+        assert_eq!(s.read("net.d/holdfast-token"), "token-1");
+    }
+
+    #[test]
+    fn temps_of_a_killed_install_are_swept() {
+        let s = Scratch::new("temps");
+        // What a SIGKILLed install leaves: its own naming (pid, nanos) and the state layer's.
+        let old = [
+            ".holdfast.4242.123456.tmp",
+            ".holdfast.0123456789abcdef.tmp",
+        ];
+        for t in old {
+            let p = s.0.join("bin").join(t);
+            std::fs::write(&p, b"half a binary").unwrap();
+            let f = std::fs::File::options().write(true).open(&p).unwrap();
+            f.set_modified(std::time::SystemTime::now() - Duration::from_secs(600))
+                .unwrap();
+        }
+        let fresh = s.0.join("bin/.holdfast.4243.1.tmp");
+        std::fs::write(&fresh, b"another install at work").unwrap();
+        run(&s.opts(s.plugin(ALL))).unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(s.0.join("bin"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, [".holdfast.4243.1.tmp", "holdfast"]);
+    }
+
+    #[test]
+    fn a_fifo_or_a_huge_file_in_the_conf_dir_neither_hangs_nor_is_read() {
+        let s = Scratch::new("fifo");
         let d = s.0.join("net.d");
-        let first = sync_service_account(&s.0.join("sa"), &d).unwrap();
-        assert!(first.iter().all(|(_, c)| *c));
+        nix::unistd::mkfifo(
+            &d.join("05-fifo.conflist"),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
+        let huge = std::fs::File::create(d.join("06-huge.conflist")).unwrap();
+        huge.set_len(300 << 20).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", d.join("07-zero.conflist")).unwrap();
+        let o = s.opts(s.plugin(ALL));
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(run(&o).map_err(|e| e.to_string())));
+        let r = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("install hung on the conf dir")
+            .unwrap();
         assert!(
-            sync_service_account(&s.0.join("sa"), &d)
-                .unwrap()
+            !r.lines
                 .iter()
-                .all(|(_, c)| !*c)
+                .any(|l| l.contains("05-fifo") || l.contains("06-huge")),
+            "{r:?}"
         );
-        std::fs::write(s.0.join("sa/token"), "token-2").unwrap();
-        let third = sync_service_account(&s.0.join("sa"), &d).unwrap();
-        assert_eq!(
-            third.iter().map(|(_, c)| *c).collect::<Vec<_>>(),
-            [false, true]
+        assert_eq!(s.read("net.d/10-holdfast-k8s.conflist"), SHIPPED_CONFLIST);
+    }
+
+    #[test]
+    fn a_conflist_that_sorts_first_is_warned_about() {
+        let s = Scratch::new("first");
+        let flannel = r#"{"cniVersion":"0.4.0","name":"cbr0","plugins":[{"type":"flannel"}]}"#;
+        std::fs::write(s.0.join("net.d/05-flannel.conflist"), flannel).unwrap();
+        std::fs::write(s.0.join("net.d/04-junk.conflist"), "not json").unwrap();
+        std::fs::write(s.0.join("net.d/99-late.conflist"), flannel).unwrap();
+        let r = run(&s.opts(s.plugin(ALL))).unwrap();
+        let warned: Vec<&String> = r
+            .lines
+            .iter()
+            .filter(|l| l.starts_with("warning"))
+            .collect();
+        assert_eq!(warned.len(), 1, "{r:?}");
+        assert!(
+            warned[0].contains("05-flannel.conflist") && warned[0].contains("runtime uses it"),
+            "{r:?}"
         );
-        assert_eq!(s.read("net.d/holdfast-token"), "token-2");
+        assert_eq!(s.read("net.d/05-flannel.conflist"), flannel);
+    }
+
+    #[test]
+    fn a_hung_self_check_is_killed_with_its_children() {
+        let s = Scratch::new("hung");
+        let pidfile = s.0.join("pid");
+        let p = s.0.join("hung-plugin");
+        std::fs::write(
+            &p,
+            format!(
+                "#!/bin/sh\nsleep 60 & echo $! > {}\nwait\n",
+                pidfile.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let e = run(&s.opts(p)).unwrap_err();
+        assert!(e.to_string().contains("no answer to VERSION"), "{e}");
+        let pid = std::fs::read_to_string(&pidfile).unwrap();
+        let gone = (0..200).any(|_| {
+            let stat =
+                std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).unwrap_or_default();
+            let gone = stat.is_empty() || stat.contains(") Z ");
+            if !gone {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            gone
+        });
+        assert!(gone, "the self-check's child outlived it");
+        assert!(!s.0.join("bin/holdfast").exists());
     }
 
     #[test]

@@ -3,10 +3,8 @@
 
 use super::ClusterInfo;
 use crate::cni::Result;
-use crate::state::atomic;
+use crate::state::{at, atomic};
 use serde::{Deserialize, Serialize};
-use std::io::Read;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 pub const CACHE_VERSION: u32 = 1;
@@ -14,21 +12,16 @@ pub const FILE: &str = "cluster-info.json";
 /// A real cache is a few hundred bytes; anything near this is not one.
 const MAX_BYTES: u64 = 1 << 20;
 
-/// Reads a state file without following a symlink at `path` and without trusting its size.
+/// Reads a state file through the state layer's reader: a symlink at `path` is refused, a FIFO
+/// cannot block (ADD and STATUS read this), only a regular file of at most `max` bytes is read.
+/// A missing file is `NotFound`; any other refusal is an error naming the file.
 pub fn read_state_file(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)?;
-    let mut bytes = Vec::new();
-    f.take(max.saturating_add(1)).read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > max {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("larger than {max} bytes"),
-        ));
+    let limit = usize::try_from(max).unwrap_or(usize::MAX);
+    match at::read_path(path, limit) {
+        Ok(Some(b)) => Ok(b),
+        Ok(None) => Err(std::io::Error::from(std::io::ErrorKind::NotFound)),
+        Err(e) => Err(std::io::Error::other(e.to_string())),
     }
-    Ok(bytes)
 }
 
 #[derive(Serialize, Deserialize)]
@@ -135,6 +128,32 @@ mod tests {
         std::fs::rename(path(&dir), &link).unwrap();
         std::os::unix::fs::symlink(&link, path(&dir)).unwrap();
         assert!(matches!(load(&dir, "n1"), Err(Unusable::Corrupt(_))));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Runs `f` on a thread; `None` if it has not returned within 5 s (a hang is the failure).
+    fn within_5s<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(f()));
+        rx.recv_timeout(std::time::Duration::from_secs(5)).ok()
+    }
+
+    #[test]
+    fn a_fifo_at_the_cache_or_the_health_file_is_refused_at_once() {
+        let dir = std::env::temp_dir().join(format!("hf-cache-fifo-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for name in [FILE, "api-health.json"] {
+            let p = dir.join(name);
+            nix::unistd::mkfifo(&p, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+            let e = within_5s(move || read_state_file(&p, MAX_BYTES))
+                .unwrap_or_else(|| panic!("reading a FIFO at {name} hung"))
+                .unwrap_err();
+            assert!(e.to_string().contains("not a regular file"), "{e}");
+        }
+        let d = dir.clone();
+        let got = within_5s(move || load(&d, "n1")).expect("load hung on a FIFO");
+        assert!(matches!(got, Err(Unusable::Corrupt(_))), "{got:?}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -12,7 +12,7 @@ use futures::stream::FuturesUnordered;
 use ipnetwork::IpNetwork;
 use k8s_openapi::api::core::v1::{Endpoints, Node};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Api, ListParams};
+use kube::api::Api;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use std::future::Future;
@@ -62,6 +62,16 @@ pub fn describe_attempts(a: &[Attempt]) -> String {
         .map(|a| a.to_string())
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// The first words of a warning about `failures`: "unreachable" only when no server answered
+/// at all; a 500, garbage or an oversized body is an answer, just not a usable one.
+pub fn headline(failures: &[Attempt]) -> &'static str {
+    if failures.iter().all(|a| a.kind == Kind::Unreachable) {
+        "Kubernetes API unreachable"
+    } else {
+        "no usable answer from the Kubernetes API"
+    }
 }
 
 /// The kubeconfig, parsed, without credentials resolved yet.
@@ -340,12 +350,13 @@ async fn attempt(
     node: &str,
     deadline: Instant,
 ) -> Result<ClusterInfo, (Kind, String)> {
-    // The connector's own timeouts fire just before the overall deadline, so a black-holed
-    // connect is reported as such rather than as a bare deadline.
+    // The connector's own timeouts fire before the overall deadline, so a black-holed connect
+    // or a server that never answers is reported as such rather than as a bare deadline. The
+    // read timer only starts after the connect and the TLS handshake (tens of ms on a loaded
+    // node), so the margin grows with the budget: a fixed 20 ms lost that race.
     let left = deadline.saturating_duration_since(Instant::now());
-    let inner = left
-        .saturating_sub(Duration::from_millis(20))
-        .max(Duration::from_millis(5));
+    let margin = (left / 5).max(Duration::from_millis(20));
+    let inner = left.saturating_sub(margin).max(Duration::from_millis(5));
     cfg.connect_timeout = Some(inner);
     cfg.read_timeout = Some(inner);
     cfg.write_timeout = Some(inner);
@@ -398,33 +409,14 @@ fn https_port<'a>(ports: impl IntoIterator<Item = (Option<&'a str>, Option<i32>)
     }
 }
 
-/// The `default/kubernetes` service's real addresses: EndpointSlices, else core Endpoints.
+/// The `default/kubernetes` service's real addresses: its EndpointSlice, else (an apiserver
+/// without discovery.k8s.io/v1) its core Endpoints. Both are read by name, so the RBAC can be a
+/// Role in `default` limited to `resourceNames: [kubernetes]` (the apiserver names the slice it
+/// mirrors after the Endpoints object).
 async fn api_endpoints(client: Client) -> Result<Vec<SocketAddr>, String> {
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
-    let lp = ListParams::default().labels("kubernetes.io/service-name=kubernetes");
-    match slices.list(&lp).await {
-        Ok(list) => {
-            let mut out = Vec::new();
-            for s in list.items {
-                let ports = s.ports.unwrap_or_default();
-                let Some(port) = https_port(ports.iter().map(|p| (p.name.as_deref(), p.port)))
-                else {
-                    continue;
-                };
-                for ep in s.endpoints {
-                    if ep.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
-                        continue;
-                    }
-                    out.extend(
-                        ep.addresses
-                            .iter()
-                            .filter_map(|a| a.parse().ok())
-                            .map(|ip| SocketAddr::new(ip, port)),
-                    );
-                }
-            }
-            Ok(out)
-        }
+    match slices.get("kubernetes").await {
+        Ok(s) => Ok(slice_addresses(s)),
         Err(kube::Error::Api(s)) if s.code == 404 => {
             let eps: Api<Endpoints> = Api::namespaced(client, "default");
             let e = eps.get("kubernetes").await.map_err(|e| classify(&e).1)?;
@@ -446,6 +438,27 @@ async fn api_endpoints(client: Client) -> Result<Vec<SocketAddr>, String> {
         }
         Err(e) => Err(classify(&e).1),
     }
+}
+
+/// The ready addresses of one EndpointSlice, at its https port.
+fn slice_addresses(s: EndpointSlice) -> Vec<SocketAddr> {
+    let ports = s.ports.unwrap_or_default();
+    let Some(port) = https_port(ports.iter().map(|p| (p.name.as_deref(), p.port))) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for ep in s.endpoints {
+        if ep.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
+            continue;
+        }
+        out.extend(
+            ep.addresses
+                .iter()
+                .filter_map(|a| a.parse().ok())
+                .map(|ip| SocketAddr::new(ip, port)),
+        );
+    }
+    out
 }
 
 /// A short, one-line, operator-readable reason, decided from the error's types. Never includes

@@ -4,17 +4,26 @@
 //! the deadline passes. (kube-rs would run it synchronously inside `Client::try_from`, where no
 //! timer can fire, and print its `env` values in its error.) Nothing a plugin prints and none of
 //! its `env` values ever reach an error or a log.
+//!
+//! The service account's CA and token are copied beside the kubeconfig from here too (by
+//! `holdfast install` and by the agent every round), with the kubeconfig that names them.
 
+use crate::proc;
+use crate::state::{at, atomic};
 use kube::config::{AuthInfo, ExecConfig, ExecInteractiveMode};
 use serde::Deserialize;
-use std::path::Path;
-use std::process::Stdio;
-use tokio::io::AsyncReadExt;
+use std::path::{Path, PathBuf};
 use tokio::time::Instant;
 
 /// An ExecCredential is a few KiB at most; a plugin printing more is not one.
-const MAX_EXEC_OUTPUT: u64 = 1 << 20;
-const MAX_TOKEN_FILE: u64 = 64 << 10;
+const MAX_EXEC_OUTPUT: usize = 1 << 20;
+/// A token or a CA bundle is a few KiB.
+const MAX_TOKEN_FILE: usize = 64 << 10;
+/// The service account's files, copied beside the kubeconfig (`holdfast install`, the agent).
+pub const CA_FILE: &str = "holdfast-ca.crt";
+pub const TOKEN_FILE: &str = "holdfast-token";
+/// Where the kubelet mounts a pod's service account.
+pub const SA_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
 #[derive(Deserialize)]
 struct ExecCredential {
@@ -52,13 +61,11 @@ pub async fn resolve(
 }
 
 fn read_token_file(path: &Path) -> Result<String, String> {
-    use std::io::Read;
     let what = |e: &dyn std::fmt::Display| format!("token file {}: {e}", path.display());
-    let f = std::fs::File::open(path).map_err(|e| what(&e))?;
-    let mut raw = String::new();
-    f.take(MAX_TOKEN_FILE)
-        .read_to_string(&mut raw)
-        .map_err(|e| what(&e))?;
+    let bytes = at::read_following(path, MAX_TOKEN_FILE)
+        .map_err(|e| what(&e))?
+        .ok_or_else(|| what(&"not found"))?;
+    let raw = String::from_utf8(bytes).map_err(|_| what(&"not UTF-8"))?;
     let token = raw.trim();
     if token.is_empty() {
         return Err(what(&"empty"));
@@ -110,52 +117,24 @@ async fn run_exec(
     }
     let mut c = tokio::process::Command::new(command_path(cmd, kubeconfig_dir));
     c.args(exec.args.iter().flatten())
-        .env("KUBERNETES_EXEC_INFO", exec_info(exec)?)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .kill_on_drop(true);
+        .env("KUBERNETES_EXEC_INFO", exec_info(exec)?);
     for e in exec.env.iter().flatten() {
         if let (Some(k), Some(v)) = (e.get("name"), e.get("value")) {
             c.env(k, v);
         }
     }
-    let mut child = c
-        .spawn()
-        .map_err(|e| format!("{label}: cannot be started ({})", e.kind()))?;
-    let pgid = child.id().and_then(|p| i32::try_from(p).ok());
-    let mut out = Vec::new();
-    let stdout = child
-        .stdout
-        .take()
-        .ok_or_else(|| format!("{label}: no stdout"))?;
-    let mut stdout = stdout.take(MAX_EXEC_OUTPUT);
-    let run = async {
-        let (read, status) = tokio::join!(stdout.read_to_end(&mut out), child.wait());
-        (read.is_ok(), status)
+    // Its stderr goes nowhere: it may echo what it was given.
+    let limits = proc::Limits {
+        stdout: MAX_EXEC_OUTPUT,
+        stderr: None,
     };
-    let finished = tokio::time::timeout_at(deadline, run).await;
-    let (read_ok, status) = match finished {
-        Ok(r) => r,
-        Err(_) => {
-            kill_group(pgid);
-            // SIGKILL cannot be ignored: this wait is short.
-            let _ = child.wait().await;
-            return Err(format!("{label}: did not finish in time, killed"));
-        }
-    };
-    // Helpers it left behind in its group go too.
-    kill_group(pgid);
-    match status {
-        Ok(s) if s.success() => {}
-        Ok(s) => return Err(format!("{label}: failed ({s})")),
-        Err(e) => return Err(format!("{label}: {}", e.kind())),
+    let out = proc::run_bounded(&mut c, None, deadline, limits)
+        .await
+        .map_err(|e| format!("{label}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("{label}: failed ({})", out.status));
     }
-    if !read_ok {
-        return Err(format!("{label}: its output could not be read"));
-    }
-    let cred: ExecCredential = serde_json::from_slice(&out)
+    let cred: ExecCredential = serde_json::from_slice(&out.stdout)
         .map_err(|_| format!("{label}: printed no ExecCredential JSON"))?;
     cred.status
         .and_then(|s| s.token)
@@ -164,13 +143,42 @@ async fn run_exec(
         .ok_or_else(|| format!("{label}: gave no token (only tokens are supported)"))
 }
 
-fn kill_group(pgid: Option<i32>) {
-    if let Some(p) = pgid.filter(|p| *p > 1) {
-        let _ = nix::sys::signal::killpg(
-            nix::unistd::Pid::from_raw(p),
-            nix::sys::signal::Signal::SIGKILL,
-        );
+/// Copies the service account's CA and token into `dir` when they differ (projected tokens
+/// rotate), or when their mode or owner is not what it should be. Returns each destination and
+/// whether it was written. The agent calls this every round; `holdfast install` once.
+pub fn sync_service_account(sa_dir: &Path, dir: &Path) -> crate::cni::Result<Vec<(PathBuf, bool)>> {
+    use crate::cni::Error;
+    let mut out = Vec::new();
+    for (src, dst, mode) in [("ca.crt", CA_FILE, 0o644), ("token", TOKEN_FILE, 0o600)] {
+        let from = sa_dir.join(src);
+        // The kubelet's projected files are symlinks into a timestamped directory.
+        let bytes = at::read_following(&from, MAX_TOKEN_FILE)?.ok_or_else(|| {
+            Error::io(
+                format!("reading the service account's {}", from.display()),
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+            )
+        })?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(Error::config(format!("{} is empty", from.display())));
+        }
+        let to = dir.join(dst);
+        let changed = atomic::replace_checked(&to, &bytes, mode, |_| Ok(()))?;
+        out.push((to, changed));
     }
+    Ok(out)
+}
+
+/// A kubeconfig that names the CA and token files rather than embedding them, so that a
+/// rotated token is read by the next plugin run.
+pub fn kubeconfig_text(server: &str, ca: &Path, token: &Path) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster:\n    server: {server}\n    \
+         certificate-authority: {}\nusers:\n- name: holdfast\n  user:\n    tokenFile: {}\n\
+         contexts:\n- name: holdfast\n  context: {{cluster: local, user: holdfast}}\n\
+         current-context: holdfast\n",
+        ca.display(),
+        token.display()
+    )
 }
 
 #[cfg(test)]
@@ -277,6 +285,38 @@ echo '{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","s
         );
         let pid = std::fs::read_to_string(d.join("pid")).unwrap();
         assert!(dies(pid.trim()), "the plugin's own child outlived the kill");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_rotated_token_is_replaced_and_an_unchanged_one_is_not() {
+        let d = dir("rotate");
+        let (sa, out) = (d.join("sa"), d.join("out"));
+        std::fs::create_dir_all(&sa).unwrap();
+        std::fs::write(sa.join("ca.crt"), "CA-1\n").unwrap();
+        // The kubelet's projected files are symlinks into a timestamped directory.
+        std::fs::write(d.join("token-1"), "token-1").unwrap();
+        std::os::unix::fs::symlink(d.join("token-1"), sa.join("token")).unwrap();
+        let first = sync_service_account(&sa, &out).unwrap();
+        assert!(first.iter().all(|(_, c)| *c));
+        let second = sync_service_account(&sa, &out).unwrap();
+        assert!(second.iter().all(|(_, c)| !*c));
+        std::fs::remove_file(sa.join("token")).unwrap();
+        std::fs::write(sa.join("token"), "token-2").unwrap();
+        let third = sync_service_account(&sa, &out).unwrap();
+        assert_eq!(
+            third.iter().map(|(_, c)| *c).collect::<Vec<_>>(),
+            [false, true]
+        );
+        assert_eq!(
+            std::fs::read_to_string(out.join(TOKEN_FILE)).unwrap(),
+            "token-2"
+        );
+        let mode = std::fs::metadata(out.join(TOKEN_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
         let _ = std::fs::remove_dir_all(&d);
     }
 

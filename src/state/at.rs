@@ -223,19 +223,7 @@ impl Dir {
             Err(Errno::ENOENT) => return Ok(None),
             Err(e) => return Err(self.refusal(name, e)),
         };
-        let p = self.join(name);
-        let st = nix::sys::stat::fstat(&f)
-            .map_err(|e| Error::io(format!("stat {}", p.display()), io_err(e)))?;
-        if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
-            return Err(Error::io(
-                format!("refusing {}: not a regular file", p.display()),
-                std::io::Error::from(ErrorKind::InvalidInput),
-            ));
-        }
-        read_limited(f, limit).map(Some).map_err(|e| match e {
-            Limited::Io(e) => Error::io(format!("reading {}", p.display()), e),
-            Limited::Over => too_big(&p, limit),
-        })
+        read_regular(f, &self.join(name), limit).map(Some)
     }
 
     /// Creates an empty temporary file for `target`, `O_EXCL` at a fresh random name.
@@ -301,6 +289,79 @@ impl Dir {
             ));
         }
         Ok(())
+    }
+
+    /// Puts `bytes` at `name` with permissions `mode`, owned by this process's user and group,
+    /// unless the regular file there already is exactly that (`Ok(false)`). A file with the right
+    /// bytes but a looser mode or a foreign owner is rewritten too: a token left 0644 must not
+    /// stay readable. The content goes to a fresh temp file (fsynced, closed, so it can be
+    /// exec'd), which `check` is given to judge before it is renamed over `name`; the directory
+    /// is then fsynced. Temp files a killed writer left for `name` are swept first.
+    pub fn write_atomic_checked(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        mode: u32,
+        check: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<bool> {
+        self.sweep_temps_of(name);
+        if self.holds(name, bytes, mode) {
+            return Ok(false);
+        }
+        let (tmp, mut f) = self.create_temp(name)?;
+        let tmp_path = self.join(&tmp);
+        let res = (|| -> Result<()> {
+            use std::os::unix::fs::PermissionsExt;
+            let wrote = f
+                .write_all(bytes)
+                // fchmod, not the open mode: that one is cut by the umask.
+                .and_then(|()| f.set_permissions(std::fs::Permissions::from_mode(mode)))
+                .and_then(|()| f.sync_all());
+            // Closed before `check`: a file open for writing cannot be exec'd (ETXTBSY).
+            drop(f);
+            wrote.map_err(|e| Error::io(format!("writing {}", tmp_path.display()), e))?;
+            check(&tmp_path)?;
+            nix::fcntl::renameat(&self.fd, tmp.as_str(), &self.fd, name).map_err(|e| {
+                Error::io(
+                    format!("renaming onto {}", self.join(name).display()),
+                    io_err(e),
+                )
+            })?;
+            self.sync()
+        })();
+        if res.is_err() {
+            let _ = nix::unistd::unlinkat(&self.fd, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+        }
+        res.map(|()| true)
+    }
+
+    /// Whether `name` is a regular file holding exactly `bytes`, with permissions `mode`, owned
+    /// by this process's user and group. Anything unreadable counts as "no".
+    fn holds(&self, name: &str, bytes: &[u8], mode: u32) -> bool {
+        let Ok(Some(st)) = self.stat(name) else {
+            return false;
+        };
+        let regular = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG;
+        let same = regular
+            && st.st_mode & 0o7777 == mode
+            && st.st_uid == nix::unistd::geteuid().as_raw()
+            && st.st_gid == nix::unistd::getegid().as_raw()
+            && u64::try_from(st.st_size).is_ok_and(|n| n == bytes.len() as u64);
+        // The size matched, so this read is bounded by the new content's length.
+        same && matches!(self.read(name, bytes.len()), Ok(Some(b)) if b == bytes)
+    }
+
+    /// Removes the temp files of `target` that a killed writer left over a minute ago.
+    pub fn sweep_temps_of(&self, target: &str) {
+        if let Ok(names) = self.entries() {
+            let prefix = temp_prefix(target);
+            let names: Vec<String> = names
+                .into_iter()
+                .map(|e| e.0)
+                .filter(|n| n.starts_with(&prefix))
+                .collect();
+            self.sweep_temps(&names, |_| false);
+        }
     }
 
     /// Writes `bytes` over the regular file `name` in place (creating it, mode 0600, if there is
@@ -482,6 +543,23 @@ fn read_limited(f: impl Read, limit: usize) -> std::result::Result<Vec<u8>, Limi
     Ok(buf)
 }
 
+/// The rest of every bounded read: `f` must be a regular file (not a FIFO, device or
+/// directory), and is read to at most `limit` bytes, more being an error (code 5).
+fn read_regular(f: File, p: &Path, limit: usize) -> Result<Vec<u8>> {
+    let st = nix::sys::stat::fstat(&f)
+        .map_err(|e| Error::io(format!("stat {}", p.display()), io_err(e)))?;
+    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
+        return Err(Error::io(
+            format!("refusing {}: not a regular file", p.display()),
+            std::io::Error::from(ErrorKind::InvalidInput),
+        ));
+    }
+    read_limited(f, limit).map_err(|e| match e {
+        Limited::Io(e) => Error::io(format!("reading {}", p.display()), e),
+        Limited::Over => too_big(p, limit),
+    })
+}
+
 fn too_big(p: &Path, limit: usize) -> Error {
     Error::io(
         format!("refusing {}: larger than {limit} bytes", p.display()),
@@ -495,6 +573,19 @@ pub fn read_path(path: &Path, limit: usize) -> Result<Option<Vec<u8>>> {
     match Dir::open(parent, false)? {
         Some(d) => d.read(name, limit),
         None => Ok(None),
+    }
+}
+
+/// As [`read_path`], but a symlink at `path` is followed: for files outside stateDir that are
+/// symlinks by design (a projected service-account token, a conflist kept by config
+/// management), which the runtime and the kubelet follow too. Still non-blocking, regular files
+/// only and bounded, so a FIFO or a link to /dev/zero is refused at once.
+pub fn read_following(path: &Path, limit: usize) -> Result<Option<Vec<u8>>> {
+    let flags = OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
+    match nix::fcntl::open(path, flags, Mode::empty()) {
+        Ok(fd) => read_regular(File::from(fd), path, limit).map(Some),
+        Err(Errno::ENOENT) => Ok(None),
+        Err(e) => Err(Error::io(format!("opening {}", path.display()), io_err(e))),
     }
 }
 

@@ -14,15 +14,7 @@ pub fn write(path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
     let dir = Dir::open(parent, true)?
         .ok_or_else(|| crate::cni::Error::Internal(format!("{} vanished", parent.display())))?;
     dir.write_atomic(name, bytes, durable)?;
-    if let Ok(names) = dir.entries() {
-        let prefix = at::temp_prefix(name);
-        let names: Vec<String> = names
-            .into_iter()
-            .map(|e| e.0)
-            .filter(|n| n.starts_with(&prefix))
-            .collect();
-        dir.sweep_temps(&names, |_| false);
-    }
+    dir.sweep_temps_of(name);
     Ok(())
 }
 
@@ -30,4 +22,26 @@ pub fn write(path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
 /// bytes, more being an error (code 5); `None` if it does not exist.
 pub fn read(path: &Path, limit: usize) -> Result<Option<Vec<u8>>> {
     at::read_path(path, limit)
+}
+
+/// Makes `path` hold exactly `bytes` with permissions `mode` (see [`Dir::write_atomic_checked`]):
+/// for the files other programs run or read, in the host's CNI bin and conf dirs. `check` judges
+/// the new content at its temporary path before it replaces anything. The directory is created
+/// 0755 if missing (the runtime reads it). Returns whether the file was written.
+pub fn replace_checked(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    check: impl FnOnce(&Path) -> Result<()>,
+) -> Result<bool> {
+    use std::os::unix::fs::DirBuilderExt;
+    let (parent, name) = at::split(path)?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(parent)
+        .map_err(|e| crate::cni::Error::io(format!("creating {}", parent.display()), e))?;
+    let dir = Dir::open(parent, false)?
+        .ok_or_else(|| crate::cni::Error::Internal(format!("{} vanished", parent.display())))?;
+    dir.write_atomic_checked(name, bytes, mode, check)
 }

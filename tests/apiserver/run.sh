@@ -91,6 +91,8 @@ for d in "$WORK"/doc*.yaml; do
   case $(grep -m1 '^kind:' "$d" | awk '{print $2}') in
     ClusterRole) api POST /apis/rbac.authorization.k8s.io/v1/clusterroles "$d" >/dev/null ;;
     ClusterRoleBinding) api POST /apis/rbac.authorization.k8s.io/v1/clusterrolebindings "$d" >/dev/null ;;
+    Role) api POST /apis/rbac.authorization.k8s.io/v1/namespaces/default/roles "$d" >/dev/null ;;
+    RoleBinding) api POST /apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings "$d" >/dev/null ;;
   esac
 done
 

@@ -317,10 +317,15 @@ async fn handle(
     if path == format!("/api/v1/nodes/{}", cluster.node) {
         return json(200, node_of(&cluster));
     }
-    if path == "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices"
+    // The shipped RBAC (conf/kubernetes/holdfast.yaml) grants `get` of this one slice by name,
+    // no `list`: a real apiserver forbids the list, and so does this one.
+    if path == "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices" {
+        return status(403, "Forbidden", "endpointslices is forbidden: cannot list");
+    }
+    if path == "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices/kubernetes"
         && cluster.endpoint_slices
     {
-        return json(200, slices_of(&cluster));
+        return json(200, slice_of(&cluster));
     }
     if path == "/api/v1/namespaces/default/endpoints/kubernetes" {
         return json(200, endpoints_of(&cluster));
@@ -349,7 +354,7 @@ fn node_of(cluster: &Cluster) -> serde_json::Value {
     serde_json::to_value(&node).unwrap()
 }
 
-fn slices_of(cluster: &Cluster) -> serde_json::Value {
+fn slice_of(cluster: &Cluster) -> serde_json::Value {
     let slice = EndpointSlice {
         metadata: ObjectMeta {
             name: Some("kubernetes".into()),
@@ -376,11 +381,7 @@ fn slices_of(cluster: &Cluster) -> serde_json::Value {
             ..Default::default()
         }]),
     };
-    let list = k8s_openapi::List {
-        items: vec![slice],
-        metadata: Default::default(),
-    };
-    serde_json::to_value(&list).unwrap()
+    serde_json::to_value(&slice).unwrap()
 }
 
 fn endpoints_of(cluster: &Cluster) -> serde_json::Value {

@@ -17,7 +17,7 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 HF=$(realpath "${HOLDFAST_BIN:-target/debug/holdfast}")
 CRI=target/debug/examples/cri
-[ -x "$CRI" ] || cargo build --quiet --example cri
+[ -x "$CRI" ] || cargo build --quiet --features cri --example cri
 CRI=$(realpath "$CRI")
 for p in containerd runc busybox-static containernetworking-plugins iperf3; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' \
