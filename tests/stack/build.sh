@@ -11,7 +11,8 @@
 #     (cni/ beside bin/), extracted from Debian sid's .debs (tests/lib/apt-private.sh: the machine's apt sources are untouched,
 #     nothing is installed system-wide). runc stays Debian 12's.
 # Every Go build runs under `nice -n 19`. Needs Go >= 1.26 (the release's go.mod says so).
-# Usage: tests/stack/build.sh [e2e]   (e2e: also e2e.test of the same release, `go test -c`)
+# Usage: tests/stack/build.sh [e2e]   (e2e: also e2e.test of the same release, `go test -c`, its
+#   agnhost, and CoreDNS v$COREDNS, the version that release's kubeadm deploys)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -19,6 +20,7 @@ K8S=1.36.3
 ETCD=3.6.8
 CTRD=2.1.9
 PLUGINS=1.9.1
+COREDNS=1.14.2
 CACHE=${HOLDFAST_CACHE:-/var/cache/holdfast}
 OUT="$CACHE/stack-k8s$K8S-etcd$ETCD"
 KBINS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
@@ -111,11 +113,24 @@ kube_build() {
   nice -n 19 go build -trimpath -ldflags "-s -w$x" -o "$OUT/bin/" "${pkgs[@]}" >&2
   cd "$ROOT"
 }
+# e2e.test and agnhost (a package of the same module) share all but ~250 packages with the
+# binaries above: built after them, they reuse the build cache.
 kube_e2e() {
   local d="$OUT/src/kubernetes"
   cd "$d"
-  go get -t "k8s.io/kubernetes/test/e2e@v$K8S" >&2
+  go get -t "k8s.io/kubernetes/test/e2e@v$K8S" "k8s.io/kubernetes/test/images/agnhost@v$K8S" >&2
   nice -n 19 go test -c -trimpath -ldflags "-s -w" -o "$OUT/bin/e2e.test" k8s.io/kubernetes/test/e2e >&2
+  nice -n 19 go build -trimpath -ldflags "-s -w" -o "$OUT/bin/agnhost" k8s.io/kubernetes/test/images/agnhost >&2
+  cd "$ROOT"
+}
+# CoreDNS, the version kubeadm of this release deploys (its plugin list is generated in the module).
+coredns_build() {
+  local d="$OUT/src/coredns"
+  mkdir -p "$d"
+  cd "$d"
+  printf 'module holdfast.test/coredns\n\ngo 1.26.0\n' > go.mod
+  go get "github.com/coredns/coredns@v$COREDNS" >&2
+  nice -n 19 go build -trimpath -ldflags "-s -w" -o "$OUT/bin/coredns" github.com/coredns/coredns >&2
   cd "$ROOT"
 }
 missing=()
@@ -125,9 +140,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   log "building ${missing[*]} v$K8S (tens of minutes at nice 19, once)"
   timed "Kubernetes v$K8S ${missing[*]}" kube_build "${missing[@]}"
 fi
-if [ "${1:-}" = e2e ] && [ ! -x "$OUT/bin/e2e.test" ]; then
-  log "building e2e.test v$K8S (go test -c, once)"
-  timed "e2e.test v$K8S" kube_e2e
+if [ "${1:-}" = e2e ]; then
+  [ -x "$OUT/bin/agnhost" ] || timed "e2e.test and agnhost v$K8S" kube_e2e
+  [ -x "$OUT/bin/coredns" ] || timed "CoreDNS v$COREDNS" coredns_build
 fi
 
 log "disk: $(du -shL "$OUT/bin" | cut -f1) bin, $(du -shL "$OUT/cni" | cut -f1) cni, $(du -sh "$GOCACHE" 2>/dev/null | cut -f1) Go build cache"
