@@ -34,6 +34,11 @@ timed() {
   log "$what: built in $((SECONDS - t0)) s"
 }
 mkdir -p "$OUT/bin" "$OUT/src"
+need_go() {
+  local v
+  v=$(go env GOVERSION 2>/dev/null) || { log "no Go toolchain (Go >= 1.26 is needed)"; return 1; }
+  case $v in go1.2[6-9]*|go1.[3-9]*) ;; *) log "$v is too old: Go >= 1.26 is needed"; return 1;; esac
+}
 
 # ---- etcd ----
 etcd_build() {
@@ -46,7 +51,7 @@ etcd_build() {
   nice -n 19 go build -trimpath -ldflags "-s -w" -o "$OUT/bin/etcd" . >&2
   cd "$ROOT"
 }
-[ -x "$OUT/bin/etcd" ] || timed "etcd v$ETCD" etcd_build
+[ -x "$OUT/bin/etcd" ] || { need_go || exit 1; timed "etcd v$ETCD" etcd_build; }
 
 # ---- containerd and the reference plugins, from Debian sid ----
 # The pinned Debian version when sid still has it, else sid's current one (sid moves on): each is
@@ -136,6 +141,7 @@ coredns_build() {
 missing=()
 for b in "${KBINS[@]}"; do [ -x "$OUT/bin/$b" ] || missing+=("$b"); done
 if [ ${#missing[@]} -gt 0 ]; then
+  need_go || exit 1
   [ -f "$OUT/src/kubernetes/go.sum" ] || timed "Kubernetes v$K8S module resolution" kube_module
   log "building ${missing[*]} v$K8S (tens of minutes at nice 19, once)"
   timed "Kubernetes v$K8S ${missing[*]}" kube_build "${missing[@]}"
