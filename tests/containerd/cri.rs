@@ -5,12 +5,14 @@
 //!   cri SOCKET ip ID                                           prints the pod's IP
 //!   cri SOCKET stop ID | remove ID
 //!   cri SOCKET list                                            prints one sandbox ID a line
+//!   cri SOCKET status           prints `NetworkReady=true` or `NetworkReady=false REASON: MESSAGE`
 
 use hyper_util::rt::TokioIo;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
     LinuxPodSandboxConfig, ListPodSandboxRequest, PodSandboxConfig, PodSandboxMetadata,
-    PodSandboxStatusRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StopPodSandboxRequest,
+    PodSandboxStatusRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StatusRequest,
+    StopPodSandboxRequest,
 };
 use std::collections::HashMap;
 use std::time::Duration;
@@ -69,9 +71,29 @@ async fn run_pod(c: &mut Client, args: &[String]) -> Result<String, Option<Strin
     Ok(r.into_inner().pod_sandbox_id)
 }
 
+/// The runtime's NetworkReady condition, as the kubelet reads it from its `Status` poll (a
+/// containerd 2.x asks the CNI plugins for STATUS on each).
+async fn network_ready(c: &mut Client) -> Result<String, String> {
+    let r = c
+        .status(StatusRequest { verbose: false })
+        .await
+        .map_err(|e| format!("Status: {}: {}", e.code(), e.message()))?;
+    let cond = r
+        .into_inner()
+        .status
+        .into_iter()
+        .flat_map(|s| s.conditions)
+        .find(|c| c.r#type == "NetworkReady")
+        .ok_or_else(|| "Status: no NetworkReady condition".to_string())?;
+    Ok(match cond.status {
+        true => "NetworkReady=true".to_string(),
+        false => format!("NetworkReady=false {}: {}", cond.reason, cond.message),
+    })
+}
+
 async fn run(mut c: Client, args: &[String]) -> Result<String, String> {
     let usage = || {
-        "usage: cri SOCKET run NAME NAMESPACE UID [K=V ...] | ip ID | stop ID | remove ID | list"
+        "usage: cri SOCKET run NAME NAMESPACE UID [K=V ...] | ip ID | stop ID | remove ID | list | status"
             .to_string()
     };
     let id = || args.get(1).cloned().ok_or_else(usage);
@@ -123,6 +145,7 @@ async fn run(mut c: Client, args: &[String]) -> Result<String, String> {
                 .collect::<Vec<_>>()
                 .join("\n"))
         }
+        Some("status") => network_ready(&mut c).await,
         _ => Err(usage()),
     }
 }

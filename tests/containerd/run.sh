@@ -1,28 +1,48 @@
 #!/usr/bin/env bash
-# holdfast under a real containerd (Debian's 1.6, runc), all inside a private node netns and a
-# private mount namespace (ctr and containerd 1.6 hard-code /etc/cni/net.d, /opt/cni/bin,
-# /var/lib/cni, /run/containerd and /var/run/netns; they are overlaid with directories of this
-# run). No registry is reachable: the image is built from busybox-static and imported. The CNI
-# config is conf/10-holdfast-portmap.conflist as shipped (holdfast, then Debian's portmap).
+# holdfast under a real containerd, all inside a private node netns and a private mount namespace
+# (ctr and containerd hard-code /etc/cni/net.d, /opt/cni/bin, /var/lib/cni, /run/containerd and
+# /var/run/netns; they are overlaid with directories of this run). Two runtimes:
+#   tests/containerd/run.sh          Debian 12's containerd 1.6 and reference plugins 1.1.1
+#   tests/containerd/run.sh BINDIR   the containerd 2.x of BINDIR (tests/stack/build.sh: sid's
+#                                    2.1.9 and its plugins 1.9.1 in BINDIR/../cni), config version 3
+# Debian 12's runc for both. No registry is reachable: the image is built from busybox-static and
+# imported. The CNI config is conf/10-holdfast-portmap.conflist as shipped (holdfast, then portmap;
+# cniVersion 1.0.0 with cniVersions ["1.0.0", "1.1.0"]).
 #   `ctr run --cni`: the container gets its address from holdfast, pings the node, the node pings
 #   it; when it exits ctr runs DEL (empty CNI_NETNS) and nothing is left.
 #   CRI, as the kubelet drives it (tests/containerd/cri.rs, a small gRPC client: Debian has no
 #   crictl): RunPodSandbox with bandwidth annotations; containerd passes the limits with
 #   capitalised keys and 4294967295-bit bursts, holdfast applies them with its own burst rule;
 #   StopPodSandbox twice and RemovePodSandbox (every DEL succeeds) leave nothing behind.
+#   Versions and STATUS: containerd 1.6 reads cniVersion 1.0.0 and never calls STATUS; 2.x picks
+#   1.1.0 from cniVersions and calls STATUS on every CRI Status, whose NetworkReady follows it: an
+#   invalid config makes it false with holdfast's message, a range full of live pods does not
+#   (SPEC §4: the extra pod's ADD fails naming the range instead).
 # A wrapper in front of holdfast records every call (env, stdin, exit code) so the test can say
 # what containerd really sent.
-# Run as root; prints "containerd e2e: N passed, M failed".
+# Run as root; prints "containerd e2e: N passed, M failed" (1.6) or "containerd2 e2e: ..." (2.x).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-HF=$(realpath "${HOLDFAST_BIN:-target/debug/holdfast}")
-CRI=target/debug/examples/cri
-[ -x "$CRI" ] || cargo build --quiet --features cri --example cri
+STACK=${1:-}
+TARGET=${CARGO_TARGET_DIR:-target}
+HF=$(realpath "${HOLDFAST_BIN:-$TARGET/debug/holdfast}")
+CRI=$TARGET/debug/examples/cri
+# Always (incremental): an older build may lack a command this run uses.
+cargo build --quiet --features cri --example cri
 CRI=$(realpath "$CRI")
 for p in containerd runc busybox-static containernetworking-plugins iperf3; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' \
     || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$p" >/dev/null
 done
+if [ -n "$STACK" ]; then
+  STACK=$(realpath "$STACK")
+  PLUGINS=$(realpath "$STACK/../cni")
+  SUITE=containerd2
+  [ -x "$STACK/containerd" ] && [ -x "$PLUGINS/portmap" ] || { echo "no containerd or plugins in $STACK" >&2; exit 1; }
+else
+  PLUGINS=/usr/lib/cni
+  SUITE=containerd
+fi
 
 TAG="hfctr$$"
 NODE="$TAG-node"
@@ -49,8 +69,8 @@ echo \$rc > "\$c.rc"
 exit \$rc
 SH
 chmod +x "$WORK/opt-cni/holdfast"
-cp /usr/lib/cni/{loopback,host-local,portmap,bandwidth} "$WORK/opt-cni/"
-# The conflist as shipped: holdfast, then Debian's portmap (a DEL that portmap cannot read never
+cp "$PLUGINS"/{loopback,host-local,portmap,bandwidth} "$WORK/opt-cni/"
+# The conflist as shipped: holdfast, then the reference portmap (a DEL that portmap cannot read never
 # reaches holdfast). Default stateDir /var/lib/cni/holdfast, which is $WORK/var-lib-cni here.
 CONFLIST=conf/10-holdfast-portmap.conflist
 cp "$CONFLIST" "$WORK/etc-cni/"
@@ -58,6 +78,7 @@ NET=$(sed -n 's/^ *"name": *"\([^"]*\)".*/\1/p' "$CONFLIST" | head -1)
 SUBNET=$(grep -o '"subnet": *"[0-9./]*"' "$CONFLIST" | head -1 | grep -o '[0-9][0-9./]*')
 PREFIX=${SUBNET%.0/*}           # 10.85.0 of 10.85.0.0/16
 MASK=${SUBNET#*/}
+if [ -z "$STACK" ]; then
 cat > "$WORK/config.toml" <<TOML
 version = 2
 root = "$WORK/root"
@@ -71,12 +92,33 @@ state = "$WORK/state"
     bin_dir = "/opt/cni/bin"
     conf_dir = "/etc/cni/net.d"
 TOML
+else
+# Version 3: the CRI is split into images and runtime plugins. NRI is off (its socket would be
+# made in the machine's /var/run/nri); the plugins are this run's only (sid's package also looks
+# in /usr/lib/cni by default).
+cat > "$WORK/config.toml" <<TOML
+version = 3
+root = "$WORK/root"
+state = "$WORK/state"
+disabled_plugins = ["io.containerd.nri.v1.nri"]
+[grpc]
+  address = "$WORK/containerd.sock"
+[plugins.'io.containerd.cri.v1.images'.pinned_images]
+  sandbox = "docker.io/hf/pause:e2e"
+[plugins.'io.containerd.cri.v1.runtime']
+  restrict_oom_score_adj = true
+  [plugins.'io.containerd.cri.v1.runtime'.cni]
+    bin_dirs = ["/opt/cni/bin"]
+    conf_dir = "/etc/cni/net.d"
+TOML
+fi
 tests/containerd/image.sh "$WORK/busybox.tar" docker.io/hf/busybox:e2e
 tests/containerd/image.sh "$WORK/pause.tar" docker.io/hf/pause:e2e '["/bin/sleep","2147483647"]'
 
 cat > "$WORK/inner.sh" <<'INNER'
 set -uo pipefail
-WORK=$1; CRIBIN=$2; NET=$3; PREFIX=$4; MASK=$5
+WORK=$1; CRIBIN=$2; NET=$3; PREFIX=$4; MASK=$5; SUITE=$6; STACK=$7
+[ -z "$STACK" ] || PATH=$STACK:$PATH
 HFSTATE=$WORK/var-lib-cni/holdfast
 GW=$PREFIX.1
 pass=0; fail=0
@@ -163,9 +205,62 @@ left_sb=$(cri list 2>&1 | grep -c .)
 if [ "$left_links$left_qd$left_recs$left_leases$left_sb" = 00000 ]; then ok "after the sandbox is removed: no link, ifb, qdisc, record, lease or sandbox left"
 else bad "left after RemovePodSandbox: $left_links links, $left_qd qdiscs, $left_recs records, $left_leases leases, $left_sb sandboxes"; fi
 
+# ---- the CNI version each runtime picks, and STATUS ----
+add1=$(ls "$WORK/calls" | grep '\.ADD\.stdin$' | head -1)
+used=$(grep -o '"cniVersion": *"[0-9.]*"' "$WORK/calls/$add1" 2>/dev/null | head -1 | tr -d '"' | grep -o '[0-9][0-9.]*$')
+want=1.0.0; [ -z "$STACK" ] || want=1.1.0
+[ "$used" = "$want" ] && ok "containerd $(containerd --version | awk '{print $3}') ran the conflist at cniVersion $used" \
+  || bad "cniVersion sent: '$used', expected $want"
+nstatus() { ls "$WORK/calls" | grep -c '\.STATUS\.env$'; }
+before=$(nstatus)
+ready=$(cri status 2>&1)
+after=$(nstatus)
+if [ -z "$STACK" ]; then
+  [ "$ready" = NetworkReady=true ] && [ "$after" = 0 ] && ok "CRI Status: $ready, and holdfast never got STATUS" \
+    || bad "CRI Status: '$ready', $after STATUS calls"
+else
+  st=$(ls "$WORK/calls" | grep '\.STATUS\.env$' | tail -1); st=$WORK/calls/${st%.env}
+  if [ "$ready" = NetworkReady=true ] && [ "$after" -gt "$before" ] && [ "$(cat "$st.rc" 2>/dev/null)" = 0 ] \
+     && ! grep -q '^CNI_CONTAINERID=.' "$st.env" && grep -q '"cniVersion": *"1.1.0"' "$st.stdin"; then
+    ok "CRI Status ran holdfast's STATUS (1.1.0, no container): $ready"
+  else bad "CRI Status: '$ready', STATUS calls $before -> $after, last rc $(cat "$st.rc" 2>&1)"; fi
+fi
+# The conflist in place, rewritten (containerd watches the directory and reloads it).
+CONF=/etc/cni/net.d/$(ls /etc/cni/net.d | head -1)
+cp "$CONF" "$WORK/shipped.conflist"
+reconf() { sed "s#\"subnet\": *\"[0-9./]*\"#\"subnet\": \"$1\"#" "$WORK/shipped.conflist" > "$WORK/next.conflist" && cp "$WORK/next.conflist" "$CONF"; }
+# Polls CRI Status until it says $1 (a prefix), 20 s at most; prints the last answer.
+await_ready() { local r; for _ in $(seq 1 40); do r=$(cri status 2>&1); case $r in "$1"*) break;; esac; sleep 0.5; done; echo "$r"; }
+if [ -n "$STACK" ]; then
+  reconf 10.85.0.0/33
+  r=$(await_ready NetworkReady=false)
+  case $r in *"IPAM is not usable"*10.85.0.0/33*) ok "invalid config: $r";; *) bad "invalid config: CRI Status says '$r'";; esac
+  cp "$WORK/shipped.conflist" "$CONF"
+  r=$(await_ready NetworkReady=true)
+  [ "$r" = NetworkReady=true ] && ok "config restored: $r" || bad "config restored: CRI Status says '$r'"
+  # A /30 holds one pod (.1 is the gateway). With it live the range is full; the next pod's ADD
+  # fails naming the range, and the node must stay Ready (NotReady would evict the holder).
+  reconf 10.85.0.0/30
+  sleep 2
+  SBA=$(cri run full-0 e2e-ns 5a1c0f00-e2e 2>"$WORK/cri.err")
+  [ -n "$SBA" ] && ok "a /30 range: pod full-0 got $(cri ip "$SBA" 2>&1)" || bad "RunPodSandbox full-0: $(cat "$WORK/cri.err")"
+  SBB=$(cri run full-1 e2e-ns 5a1c0f01-e2e 2>"$WORK/cri.err")
+  if [ -z "$SBB" ] && grep -q 'no free address in ipam.ranges\[0\]' "$WORK/cri.err"; then
+    ok "range full: the next pod's ADD fails naming it ($(grep -o 'no free address[^"]*' "$WORK/cri.err" | head -1))"
+  else bad "RunPodSandbox full-1 on a full range: '$SBB' $(cat "$WORK/cri.err")"; fi
+  r=$(cri status 2>&1); sleep 3; r2=$(cri status 2>&1)
+  [ "$r$r2" = NetworkReady=trueNetworkReady=true ] && ok "range full of live pods: the node stays $r" \
+    || bad "range full of live pods: CRI Status says '$r2' (SPEC §4 STATUS rule)"
+  for sb in $SBA $SBB; do cri stop "$sb" 2>/dev/null; cri remove "$sb" 2>/dev/null; done
+  cp "$WORK/shipped.conflist" "$CONF"
+  r=$(await_ready NetworkReady=true)
+  [ "$r" = NetworkReady=true ] && [ -z "$(cri list 2>&1)" ] && ok "pods removed, config restored: $r" \
+    || bad "after the full range: '$r', sandboxes: $(cri list 2>&1 | tr '\n' ' ')"
+fi
+
 kill "$CPID"; wait "$CPID" 2>/dev/null
-echo "containerd e2e: $pass passed, $fail failed"
+echo "$SUITE e2e: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]
 INNER
 # nsenter, not `ip netns exec`: the latter remounts /sys and hides the cgroup mounts runc needs.
-nsenter --net="/var/run/netns/$NODE" unshare -m --propagation private bash "$WORK/inner.sh" "$WORK" "$CRI" "$NET" "$PREFIX" "$MASK"
+nsenter --net="/var/run/netns/$NODE" unshare -m --propagation private bash "$WORK/inner.sh" "$WORK" "$CRI" "$NET" "$PREFIX" "$MASK" "$SUITE" "$STACK"

@@ -167,7 +167,7 @@ drill_cutoff() {
   local left=$(( t_cut + 60 - $(date +%s) ))
   [ "$left" -gt 0 ] && sleep "$left"
   unblock 10.44.0.5; unblock 10.43.0.1
-  echo "kubernetes e2e: API cut off from node-1 for $(( $(date +%s) - t_cut )) s"
+  echo "$SUITE e2e: API cut off from node-1 for $(( $(date +%s) - t_cut )) s"
   read -r p50 p99 n <<<"$(add_percentiles "$o1" "$e1")"
   ROW2=$(row "API cut off by every path, cache ${age1} s old" "$want" "${r1:-not in 40 s}" "$p50 / $p99 ms" "$(failures "$o1" "$e1")")
   [ -n "$r1" ] && ok "API cut off, cache fresh: the kubelet restarted all $want sandboxes from its own state, Running ${r1} s after the kill (ADD p99 $p99 ms)" \

@@ -49,6 +49,11 @@ if [ "$MODE" != no-proxy ]; then
 fi
 date +%s.%N > "$N/kubelet.started"
 log "kubelet starting"
+if [ -f "$N/kubelet.yaml" ]; then
+  # The current stack: everything but the node's identity is in the config file.
+  "$K/kubelet" --config="$N/kubelet.yaml" --kubeconfig="$N/kubelet.kubeconfig" --hostname-override="node-$I" \
+    --node-ip="$IP" --root-dir=/var/lib/kubelet --cert-dir=/var/lib/kubelet/pki --v=2 >> "$N/kubelet.log" 2>&1 &
+else
 "$K/kubelet" --kubeconfig="$N/kubelet.kubeconfig" --hostname-override="node-$I" --node-ip="$IP" --address="$IP" \
   --root-dir=/var/lib/kubelet --cert-dir=/var/lib/kubelet/pki \
   --container-runtime=remote --container-runtime-endpoint="unix://$N/containerd.sock" --runtime-request-timeout=2m \
@@ -59,6 +64,7 @@ log "kubelet starting"
   --eviction-hard="memory.available<100Mi,nodefs.available<1%,imagefs.available<1%,nodefs.inodesFree<1%" \
   --healthz-bind-address=127.0.0.1 --read-only-port=0 --register-node=true --sync-frequency=10s \
   --v=2 >> "$N/kubelet.log" 2>&1 &
+fi
 # PID 1 of the namespace: when it returns, everything here is killed.
 wait "$CTRD"
 log "containerd exited"

@@ -11,6 +11,9 @@
 # nothing is installed on the nodes by hand (they start with Debian's reference plugins only).
 # Every process is started and stopped by PID, also when the run fails (trap).
 # Run as root; prints one line per check and "kubernetes e2e: N passed, M failed".
+#   tests/kubernetes/run.sh current: the same cluster on the current stack of tests/stack/build.sh
+#   (Kubernetes 1.36, its etcd, containerd 2.x with config version 3 and its reference plugins;
+#   the kubelet from a config file); prints "kubernetes-current e2e: ...".
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -20,7 +23,17 @@ for p in etcd-server containerd runc busybox-static containernetworking-plugins 
     || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$p" >/dev/null
 done
 T_BUILD=$(date +%s)
-K=$(tests/kubernetes/build.sh) || { echo "kubernetes e2e: could not build Kubernetes"; exit 1; }
+CURRENT=""; SUITE=kubernetes; PLUGINS=/usr/lib/cni
+if [ "${1:-}" = current ]; then
+  CURRENT=1; SUITE=kubernetes-current
+  K=$(tests/stack/build.sh) || { echo "$SUITE e2e: could not build the current stack"; exit 1; }
+  PLUGINS=$(realpath "$K/../cni")
+  # etcd, containerd, its shim and ctr of the stack before Debian's, here and in the nodes.
+  export PATH="$K:$PATH"
+else
+  K=$(tests/kubernetes/build.sh) || { echo "kubernetes e2e: could not build Kubernetes"; exit 1; }
+fi
+KVER=$("$K/kubectl" version --client -o json 2>/dev/null | grep -o '"gitVersion": *"v[^"]*"' | head -1 | grep -o '[0-9][0-9.]*')
 TAG="kn$$"
 W=$(mktemp -d "/tmp/$TAG.XXXX")
 CGROOT=$(basename "$W")
@@ -30,7 +43,7 @@ read -r _ IMAGE < <(scripts/build-image.sh "$W/images/holdfast.tar")
 [ -s "$W/images/holdfast.tar" ] || { echo "kubernetes e2e: image build failed"; exit 1; }
 tests/containerd/image.sh "$W/images/busybox.tar" docker.io/hf/busybox:e2e
 tests/containerd/image.sh "$W/images/pause.tar" docker.io/hf/pause:e2e '["/bin/sleep","2147483647"]'
-echo "kubernetes e2e: binaries, image and release build ready in $(( $(date +%s) - T_BUILD )) s"
+echo "$SUITE e2e: binaries, image and release build ready in $(( $(date +%s) - T_BUILD )) s"
 
 pass=0; fail=0
 ok()  { pass=$((pass+1)); echo "ok   - $*"; }
@@ -79,8 +92,8 @@ source tests/kubernetes/checks.sh
 source tests/kubernetes/drill.sh
 
 T_UP=$(date +%s)
-pki && control_plane || { bad "control plane did not come up"; echo "kubernetes e2e: $pass passed, $fail failed"; exit 1; }
-ok "control plane up in netns $CP: etcd, kube-apiserver 1.20.2, controller-manager, scheduler"
+pki && control_plane || { bad "control plane did not come up"; echo "$SUITE e2e: $pass passed, $fail failed"; exit 1; }
+ok "control plane up in netns $CP: etcd $(etcd --version | awk '/^etcd Version/ {print $3}'), kube-apiserver $KVER, controller-manager, scheduler"
 grep -q "image: $IMAGE\$" conf/kubernetes/holdfast.yaml && ok "scripts/build-image.sh built $IMAGE, the image conf/kubernetes/holdfast.yaml names" \
   || bad "conf/kubernetes/holdfast.yaml does not name the image scripts/build-image.sh built ($IMAGE)"
 for i in 1 2; do node_files "$i"; node_net "$i"; boot_node "$i"; done
@@ -90,6 +103,6 @@ token_stale
 drill
 token_current
 checks_teardown
-echo "kubernetes e2e: cluster run took $(( $(date +%s) - T_UP )) s"
-echo "kubernetes e2e: $pass passed, $fail failed"
+echo "$SUITE e2e: cluster run took $(( $(date +%s) - T_UP )) s"
+echo "$SUITE e2e: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]
