@@ -7,6 +7,10 @@ wait_for() {
   while [ "$(date +%s)" -le "$end" ]; do "$@" >/dev/null 2>&1 && return 0; sleep 0.5; done
   return 1
 }
+# In node $1's netns; an address black-holed there (connects time out) and back.
+in_n() { local i=$1; shift; nsenter --net="/var/run/netns/$TAG-n$i" "$@"; }
+block_on() { for c in OUTPUT PREROUTING; do in_n "$1" iptables -t raw -A "$c" -d "$2" -j DROP; done; }
+unblock_on() { for c in OUTPUT PREROUTING; do in_n "$1" iptables -t raw -D "$c" -d "$2" -j DROP; done; }
 node_ready() { [ "$(kc get node "node-$1" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" = True ]; }
 node_registered() { kc get node "node-$1" >/dev/null 2>&1; }
 # Non-hostNetwork pods of selector $1: "name node ip phase" a line.
@@ -37,7 +41,6 @@ checks_install() {
   sleep 2
   if ! node_ready 1 && ! node_ready 2; then ok "both nodes registered and NotReady: no CNI config yet"
   else bad "a node is Ready before any CNI is installed"; fi
-  node_routes
   t0=$(date +%s.%N)
   kc apply -f conf/kubernetes/holdfast.yaml >"$W/apply.out" 2>&1 && ok "kubectl apply -f conf/kubernetes/holdfast.yaml" \
     || bad "kubectl apply: $(cat "$W/apply.out")"
@@ -82,7 +85,9 @@ spec:
         - name: web
           image: docker.io/hf/busybox:e2e
           imagePullPolicy: Never
-          command: ["sh", "-c", "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www"]
+          # /cgi-bin/ip answers the address the request came from: pod-to-pod traffic must
+          # arrive with the sender's pod address (never masqueraded).
+          command: ["sh", "-c", "mkdir -p /www/cgi-bin && hostname > /www/index.html && printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\necho $REMOTE_ADDR\\n' > /www/cgi-bin/ip && chmod +x /www/cgi-bin/ip && exec httpd -f -p 8080 -h /www"]
 ---
 apiVersion: v1
 kind: Service
@@ -104,20 +109,72 @@ YAML
   if [ "$spread" = 2 ] && [ "$inside" = 4 ]; then
     ok "web pods on both nodes, each address in its node's podCIDR ($(pods app=web | awk '{printf "%s:%s ", $2, $3}'))"
   else bad "spread over $spread nodes, $inside of 4 addresses in their node's podCIDR: $(pods app=web | tr '\n' ';')"; fi
+  connectivity "$(route_mode 1 2)"
+}
+
+# Pod-to-pod on a node and across nodes ($1: the routing between the nodes), what the receiver
+# sees, a pod to the apiserver's VIP, and a ClusterIP Service.
+connectivity() {
   mapfile -t A < <(pods app=web | sort -k2 | awk '{print $1, $2, $3}')
   local a1 n1 ip1 b1 nb ipb c1 nc ipc
   read -r a1 n1 ip1 <<<"${A[0]}"; read -r b1 nb ipb <<<"${A[1]}"; read -r c1 nc ipc <<<"${A[2]}"
   kc exec "$a1" -- ping -c1 -W2 "$ipb" >/dev/null 2>&1 && ok "pod to pod on $n1: $ip1 -> $ipb" || bad "ping $ip1 -> $ipb on $n1"
-  kc exec "$a1" -- ping -c1 -W2 "$ipc" >/dev/null 2>&1 && ok "pod to pod across nodes: $ip1 ($n1) -> $ipc ($nc)" || bad "ping $ip1 ($n1) -> $ipc ($nc)"
+  kc exec "$a1" -- ping -c1 -W2 "$ipc" >/dev/null 2>&1 && ok "pod to pod across nodes ($1): $ip1 ($n1) -> $ipc ($nc)" || bad "ping $ip1 ($n1) -> $ipc ($nc) ($1)"
+  local seen; seen=$(kc exec "$a1" -- sh -c "printf 'GET /cgi-bin/ip HTTP/1.0\\r\\n\\r\\n' | nc -w 3 $ipc 8080" 2>&1 | tail -1 | tr -d '\r')
+  [ "$seen" = "$ip1" ] && ok "the receiver on $nc sees the sender's pod address ($seen): pod-to-pod is not masqueraded" \
+    || bad "the receiver on $nc saw '$seen' for a request from $ip1"
   # busybox's TLS client segfaults: plain HTTP to the TLS port, and the apiserver's answer to it.
-  local vip; vip=$(kc exec "$a1" -- sh -c 'printf "GET / HTTP/1.0\r\n\r\n" | nc -w 3 10.43.0.1 443' 2>&1)
-  case $vip in *"HTTP request to an HTTPS server"*) ok "a pod reaches the apiserver through the VIP 10.43.0.1:443";;
+  local vip; vip=$(kc exec "$c1" -- sh -c 'printf "GET / HTTP/1.0\r\n\r\n" | nc -w 3 10.43.0.1 443' 2>&1)
+  case $vip in *"HTTP request to an HTTPS server"*) ok "a pod on $nc reaches the apiserver through the VIP 10.43.0.1:443";;
     *) bad "pod -> VIP: $vip";; esac
   local svc; svc=$(kc get svc web -o jsonpath='{.spec.clusterIP}')
   # busybox's wget segfaults too: HTTP by hand with nc; the body is the serving pod's name.
-  local got; got=$(kc exec "$c1" -- sh -c "printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 3 $svc 80" 2>&1 | tail -1 | tr -d '\r')
-  if pods app=web | awk '{print $1}' | grep -qx "$got"; then ok "ClusterIP Service web ($svc) answers from $nc: $got"
-  else bad "Service $svc from $nc: $got"; fi
+  local got; got=$(kc exec "$a1" -- sh -c "printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 3 $svc 80" 2>&1 | tail -1 | tr -d '\r')
+  if pods app=web | awk '{print $1}' | grep -qx "$got"; then ok "ClusterIP Service web ($svc) answers a pod on $n1: $got"
+  else bad "Service $svc from $n1: $got"; fi
+}
+
+# Node $1's route to node $2's podCIDR, as `ip route` prints it (empty when there is none).
+route_to() {
+  local cidr; cidr=$(kc get node "node-$2" -o jsonpath='{.spec.podCIDR}' 2>/dev/null)
+  [ -n "$cidr" ] && ip -n "$TAG-n$1" route show "$cidr" 2>/dev/null
+}
+# "direct", "vxlan" or "none": how node $1 reaches node $2's pods.
+route_mode() {
+  local r; r=$(route_to "$1" "$2")
+  case $r in
+    *"dev holdfast-vx"*) echo vxlan;;
+    *"via $(node_ip "$2") dev eth0"*) echo direct;;
+    *) echo none;;
+  esac
+}
+# Both nodes route to each other's pods the way $1 says (holdfast's agents, from the watch of Nodes).
+checks_routing() {
+  local want=$1 mode_is
+  mode_is() { [ "$(route_mode "$1" "$2")" = "$3" ]; }
+  if wait_for 60 mode_is 1 2 "$want" && wait_for 30 mode_is 2 1 "$want"; then
+    ok "routing auto chose $want: node-1: $(route_to 1 2 | tr -s ' '); node-2: $(route_to 2 1 | tr -s ' ')"
+  else bad "not $want: node-1 '$(route_to 1 2)', node-2 '$(route_to 2 1)'"; fi
+  local cp; cp=$(ip -n "$CP" route show | grep -c '^10\.42\.')
+  [ "$cp" = 0 ] && ok "the control plane's router has no pod CIDR route: pods reach each other by holdfast alone" \
+    || bad "the control plane routes $cp pod CIDRs"
+}
+
+# node-2 moves to the other segment: a cold reboot with a new address while the API is up. The
+# Node's InternalIP changes, node-1's agent follows it, and auto turns direct into VXLAN.
+checks_move() {
+  stop_node 2
+  rm -rf "$W/n2/run-containerd/"* "$W/n2/netns/"*
+  SEG_2=1
+  node_net 2
+  boot_node 2
+  node_addr() { kc get node node-2 -o jsonpath='{.status.addresses[?(@.type=="InternalIP")].address}'; }
+  addr_is() { [ "$(node_addr)" = "$(node_ip 2)" ]; }
+  if wait_for 90 addr_is && wait_for 120 node_ready 2; then ok "node-2 rebooted onto 10.44.1.0/24: Ready, InternalIP $(node_addr)"
+  else bad "node-2 after the move: InternalIP '$(node_addr)', Ready $(node_ready 2 && echo yes || echo no)"; fi
+  wait_for 120 all_running app=web 4 || bad "web pods after the move: $(pods app=web | tr '\n' ';')"
+  checks_routing vxlan
+  connectivity "$(route_mode 1 2)"
 }
 
 checks_teardown() {

@@ -45,9 +45,15 @@ legacy() { [ -n "$CURRENT" ] || echo "$@"; }
 control_plane() {
   ip netns add "$CP" || return 1
   ip -n "$CP" link set lo up
-  ip -n "$CP" link add kbr0 type bridge
-  ip -n "$CP" addr add 10.44.0.5/24 dev kbr0
-  ip -n "$CP" link set kbr0 up
+  # Two node segments: kbr0 (10.44.0.0/24, the apiserver's) and kbr1 (10.44.1.0/24), routed
+  # into each other here and nowhere else. The control plane routes no pod CIDR: reaching another
+  # node's pods is holdfast's job (direct on one segment, VXLAN across the two).
+  local s
+  for s in 0 1; do
+    ip -n "$CP" link add "kbr$s" type bridge
+    ip -n "$CP" addr add "10.44.$s.5/24" dev "kbr$s"
+    ip -n "$CP" link set "kbr$s" up
+  done
   in_cp sysctl -qw net.ipv4.ip_forward=1
   local P="$W/pki"
   nsenter --net="/var/run/netns/$CP" etcd --data-dir "$W/etcd" --listen-client-urls http://127.0.0.1:2379 \
@@ -124,20 +130,6 @@ TOML
   local tok; tok=$([ "$i" = 1 ] && echo "$NODE1" || echo "$NODE2")
   kubeconfig "$N/kubelet.kubeconfig" "$tok"
   kubeconfig "$N/kube-proxy.kubeconfig" "$PROXY"
-  cat > "$N/kube-proxy.yaml" <<YAML
-apiVersion: kubeproxy.config.k8s.io/v1alpha1
-kind: KubeProxyConfiguration
-clientConnection: {kubeconfig: "$N/kube-proxy.kubeconfig"}
-mode: iptables
-clusterCIDR: 10.42.0.0/16
-hostnameOverride: node-$i
-bindAddress: 10.44.0.$((10 + i))
-healthzBindAddress: 127.0.0.1:10256
-metricsBindAddress: 127.0.0.1:10249
-oomScoreAdj: 0
-conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}
-iptables: {syncPeriod: 30s, minSyncPeriod: 1s}
-YAML
   # The node's cgroup root, on this cgroup-v1 machine, in every hierarchy.
   for h in /sys/fs/cgroup/*/; do
     [ -L "${h%/}" ] && continue
@@ -147,26 +139,49 @@ YAML
   cat /sys/fs/cgroup/cpuset/cpuset.mems > "/sys/fs/cgroup/cpuset/$CGROOT-n$i/cpuset.mems"
 }
 
-# Node I's network from scratch (as at boot): netns, eth0 on the control plane's bridge.
+# Node I's segment (0 or 1; SEG_I, default 0) and address on it.
+node_seg() { local v="SEG_$1"; echo "${!v:-0}"; }
+node_ip() { echo "10.44.$(node_seg "$1").$((10 + $1))"; }
+node_proxy_conf() {
+  local i=$1 N="$W/n$1"
+  cat > "$N/kube-proxy.yaml" <<YAML
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+clientConnection: {kubeconfig: "$N/kube-proxy.kubeconfig"}
+mode: iptables
+clusterCIDR: 10.42.0.0/16
+hostnameOverride: node-$i
+bindAddress: $(node_ip "$i")
+healthzBindAddress: 127.0.0.1:10256
+metricsBindAddress: 127.0.0.1:10249
+oomScoreAdj: 0
+conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}
+iptables: {syncPeriod: 30s, minSyncPeriod: 1s}
+YAML
+}
+
+# Node I's network from scratch (as at boot): netns, eth0 on its segment's bridge.
 node_net() {
-  local i=$1 ns="$TAG-n$1" ip="10.44.0.$((10 + $1))"
+  local i=$1 ns="$TAG-n$1" seg ip
+  seg=$(node_seg "$i"); ip=$(node_ip "$i")
   ip netns del "$ns" 2>/dev/null
   ip netns add "$ns" || return 1
   ip -n "$CP" link del "kn$i" 2>/dev/null
   ip -n "$CP" link add "kn$i" type veth peer name eth0 netns "$ns"
-  ip -n "$CP" link set "kn$i" master kbr0 up
+  ip -n "$CP" link set "kn$i" master "kbr$seg" up
   ip -n "$ns" link set lo up
   ip -n "$ns" addr add "$ip/24" dev eth0
   ip -n "$ns" link set eth0 up
-  ip -n "$ns" route add default via 10.44.0.5
+  ip -n "$ns" route add default via "10.44.$seg.5"
   nsenter --net="/var/run/netns/$ns" sysctl -qw net.ipv4.ip_forward=1
+  node_proxy_conf "$i"
 }
 
 # Boots node I (MODE no-proxy: without kube-proxy). Records the PID namespace for pids_of_node.
 boot_node() {
   local i=$1 mode=${2:-}
   nsenter --net="/var/run/netns/$TAG-n$i" unshare -m -u -p --fork --kill-child --mount-proc \
-    --propagation private bash "$ROOT/tests/kubernetes/node.sh" "$W" "$i" "$K" "$mode" &
+    --propagation private bash "$ROOT/tests/kubernetes/node.sh" "$W" "$i" "$K" "$(node_ip "$i")" "$mode" &
   NODEPID[$i]=$!
   local child=""
   for _ in $(seq 1 50); do
@@ -174,15 +189,6 @@ boot_node() {
     [ -n "$child" ] && break; sleep 0.05
   done
   readlink "/proc/$child/ns/pid" > "$W/n$i/pidns"
-}
-
-# The cloud route table: each node's podCIDR via that node, on the control plane's router.
-node_routes() {
-  local i cidr
-  for i in 1 2; do
-    cidr=$(kc get node "node-$i" -o jsonpath='{.spec.podCIDR}' 2>/dev/null)
-    [ -n "$cidr" ] && ip -n "$CP" route replace "$cidr" via "10.44.0.$((10 + i))"
-  done
 }
 
 # The current stack's node files: containerd 2.x (config version 3, the CRI split into its images
@@ -225,7 +231,7 @@ TOML
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 failCgroupV1: false
-address: 10.44.0.$((10 + i))
+staticPodPath: $N/manifests
 containerRuntimeEndpoint: unix://$N/containerd.sock
 runtimeRequestTimeout: 2m
 cgroupDriver: cgroupfs

@@ -80,9 +80,8 @@ cache_age() {
   t=$(grep -o '"fetchedUnix": *[0-9]*' "$f" 2>/dev/null | grep -o '[0-9]*$')
   [ -n "$t" ] && echo $(( $(date +%s) - t ))
 }
-in_n1() { nsenter --net="/var/run/netns/$TAG-n1" "$@"; }
-block() { for c in OUTPUT PREROUTING; do in_n1 iptables -t raw -A "$c" -d "$1" -j DROP; done; }
-unblock() { for c in OUTPUT PREROUTING; do in_n1 iptables -t raw -D "$c" -d "$1" -j DROP; done; }
+block() { block_on 1 "$1"; }
+unblock() { unblock_on 1 "$1"; }
 leases_match() { # leases = records = host links = live pods on node 1
   local s live; s=$(node_state 1); live=$(node1_pods)
   set -- $s

@@ -2,17 +2,17 @@
 # One Kubernetes node, run by tests/kubernetes/run.sh as PID 1 of its own PID namespace, inside
 # the node's netns, a private mount namespace and a private UTS namespace:
 #   nsenter --net=NETNS unshare -m -u -p --fork --kill-child --mount-proc --propagation private \
-#     node.sh W I K8S_BIN [no-proxy]
+#     node.sh W I K8S_BIN NODE_IP [no-proxy]
 # Killing the unshare process kills everything here at once (containerd, shims, pods): the
 # cold reboot of the drill. The files of the node live under $W/nI and survive it, as a disk
 # would; /run is emptied by the caller.
 set -uo pipefail
-W=$1; I=$2; K=$3; MODE=${4:-}
+W=$1; I=$2; K=$3; IP=$4; MODE=${5:-}
 N="$W/n$I"
-IP="10.44.0.$((10 + I))"
 log() { echo "$(date +%T.%N | cut -c1-12) node-$I: $*" >> "$N/node.log"; }
 
 hostname "node-$I"
+mkdir -p "$N/manifests"
 # The paths containerd 1.6, the kubelet and the CNI plugins hard-code, per node.
 for m in /etc/cni/net.d:etc-cni /opt/cni/bin:opt-cni /var/lib/cni:var-lib-cni /run/containerd:run-containerd \
          /var/run/netns:netns /var/lib/kubelet:kubelet /var/log/pods:log-pods /var/log/containers:log-containers; do
@@ -52,14 +52,14 @@ log "kubelet starting"
 if [ -f "$N/kubelet.yaml" ]; then
   # The current stack: everything but the node's identity is in the config file.
   "$K/kubelet" --config="$N/kubelet.yaml" --kubeconfig="$N/kubelet.kubeconfig" --hostname-override="node-$I" \
-    --node-ip="$IP" --root-dir=/var/lib/kubelet --cert-dir=/var/lib/kubelet/pki --v=2 >> "$N/kubelet.log" 2>&1 &
+    --node-ip="$IP" --address="$IP" --root-dir=/var/lib/kubelet --cert-dir=/var/lib/kubelet/pki --v=2 >> "$N/kubelet.log" 2>&1 &
 else
 "$K/kubelet" --kubeconfig="$N/kubelet.kubeconfig" --hostname-override="node-$I" --node-ip="$IP" --address="$IP" \
   --root-dir=/var/lib/kubelet --cert-dir=/var/lib/kubelet/pki \
   --container-runtime=remote --container-runtime-endpoint="unix://$N/containerd.sock" --runtime-request-timeout=2m \
   --pod-infra-container-image=docker.io/hf/pause:e2e --cgroup-driver=cgroupfs \
   --cgroups-per-qos=true --cgroup-root="/$(basename "$W")-n$I" --enforce-node-allocatable=pods \
-  --fail-swap-on=false --protect-kernel-defaults=true --oom-score-adj=0 \
+  --pod-manifest-path="$N/manifests" --fail-swap-on=false --protect-kernel-defaults=true --oom-score-adj=0 \
   --volume-plugin-dir="$N/volume-plugins" --resolv-conf="$W/resolv.conf" --cluster-domain=cluster.local \
   --eviction-hard="memory.available<100Mi,nodefs.available<1%,imagefs.available<1%,nodefs.inodesFree<1%" \
   --healthz-bind-address=127.0.0.1 --read-only-port=0 --register-node=true --sync-frequency=10s \

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# A real two-node Kubernetes 1.20 cluster with holdfast installed by its DaemonSet, then the
-# incident's night replayed on one node. Everything runs in namespaces made here, never in the
+# A real two-node Kubernetes 1.20 cluster with holdfast installed by its DaemonSet and routing
+# between the nodes itself; the incident's night replayed on one node, node-2 moved to another
+# subnet, then the whole cluster's night. Everything runs in namespaces made here, never in the
 # machine's root netns and never touching a machine-wide sysctl:
 #   netns CP: etcd, kube-apiserver (10.44.0.5:6443, service VIP 10.43.0.1), controller-manager
-#     (allocates node podCIDRs from 10.42.0.0/16), scheduler; bridge kbr0 and the routes to each
-#     node's podCIDR (the "cloud route table");
-#   node I (1, 2): its own netns (eth0 10.44.0.1I on kbr0), mount, UTS and PID namespace
+#     (allocates node podCIDRs from 10.42.0.0/16), scheduler; bridges kbr0 (10.44.0.0/24) and
+#     kbr1 (10.44.1.0/24) routed into each other, and no route to any pod CIDR;
+#   node I (1, 2): its own netns (eth0 10.44.S.1I on kbrS), mount, UTS and PID namespace
 #     (tests/kubernetes/node.sh): containerd 1.6, kubelet, kube-proxy (iptables, serves the VIP).
+# Both nodes start on kbr0 (holdfast routes directly); node-2 later moves to kbr1 (VXLAN).
 # conf/kubernetes/holdfast.yaml is applied as shipped with the image of scripts/build-image.sh;
 # nothing is installed on the nodes by hand (they start with Debian's reference plugins only).
 # Every process is started and stopped by PID, also when the run fails (trap).
@@ -90,6 +92,7 @@ pids_of_node() {
 source tests/kubernetes/cluster.sh
 source tests/kubernetes/checks.sh
 source tests/kubernetes/drill.sh
+source tests/kubernetes/night.sh
 
 T_UP=$(date +%s)
 pki && control_plane || { bad "control plane did not come up"; echo "$SUITE e2e: $pass passed, $fail failed"; exit 1; }
@@ -98,10 +101,13 @@ grep -q "image: $IMAGE\$" conf/kubernetes/holdfast.yaml && ok "scripts/build-ima
   || bad "conf/kubernetes/holdfast.yaml does not name the image scripts/build-image.sh built ($IMAGE)"
 for i in 1 2; do node_files "$i"; node_net "$i"; boot_node "$i"; done
 checks_install
+checks_routing direct
 checks_pods
 token_stale
 drill
 token_current
+checks_move
+night
 checks_teardown
 echo "$SUITE e2e: cluster run took $(( $(date +%s) - T_UP )) s"
 echo "$SUITE e2e: $pass passed, $fail failed"
