@@ -1,8 +1,11 @@
 //! `holdfast agent`: the DaemonSet's long-running container. Every half `refreshSeconds` it
 //! copies a rotated service-account token where the plugin reads it and refreshes the
 //! cluster-info cache, so the first pod after a cold reboot finds a warm cache even when the
-//! VIP is down. ADD and DEL never need it. `holdfast agent --check` is its exec probe.
+//! VIP is down. ADD and DEL never need it. `holdfast agent --check` is its exec probe. With
+//! `--metrics-addr ADDR` it also serves Prometheus metrics, `/healthz` and `/readyz` (metrics.rs)
+//! on the same current-thread runtime as the loop.
 
+use super::metrics::{self, Agent};
 use super::{conffile, logging};
 use crate::cluster::{self, KubeConf, credentials};
 use crate::cni::{Error, Result};
@@ -28,6 +31,7 @@ struct Args {
     conf: Option<PathBuf>,
     sa_dir: PathBuf,
     check: bool,
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 fn parse(args: &[String]) -> std::result::Result<Args, String> {
@@ -35,6 +39,7 @@ fn parse(args: &[String]) -> std::result::Result<Args, String> {
         conf: None,
         sa_dir: credentials::SA_DIR.into(),
         check: false,
+        metrics_addr: None,
     };
     let mut it = args.iter();
     while let Some(x) = it.next() {
@@ -42,6 +47,13 @@ fn parse(args: &[String]) -> std::result::Result<Args, String> {
             "--conf" => a.conf = Some(it.next().ok_or("--conf needs a path")?.into()),
             "--sa-dir" => a.sa_dir = it.next().ok_or("--sa-dir needs a path")?.into(),
             "--check" => a.check = true,
+            "--metrics-addr" => {
+                let v = it.next().ok_or("--metrics-addr needs ADDR:PORT")?;
+                let addr = v
+                    .parse()
+                    .map_err(|e| format!("--metrics-addr {v:?}: {e} (e.g. 0.0.0.0:9473)"))?;
+                a.metrics_addr = Some(addr);
+            }
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -82,7 +94,7 @@ pub fn main(args: &[String]) -> i32 {
         interval(&kube),
         cluster::cache::path(&conf.state_dir).display()
     );
-    match run(&conf, &kube, &a.sa_dir) {
+    match run(conf, kube, &a.sa_dir, a.metrics_addr) {
         Ok(()) => 0,
         Err(e) => {
             tracing::error!("{e}");
@@ -91,37 +103,84 @@ pub fn main(args: &[String]) -> i32 {
     }
 }
 
-/// Ticks until SIGTERM or SIGINT (as PID 1 of its container nothing else would stop it).
-fn run(conf: &Conf, kube: &KubeConf, sa_dir: &Path) -> Result<()> {
+/// Ticks until SIGTERM or SIGINT (as PID 1 of its container nothing else would stop it), on
+/// one current-thread runtime that also serves the metrics when asked to.
+fn run(
+    conf: Conf,
+    kube: KubeConf,
+    sa_dir: &Path,
+    metrics_addr: Option<std::net::SocketAddr>,
+) -> Result<()> {
     let mut stop = SigSet::empty();
     stop.add(Signal::SIGTERM);
     stop.add(Signal::SIGINT);
+    // Blocked before any other thread exists, so every thread inherits the mask and only the
+    // waiter below takes them.
     stop.thread_block()
         .map_err(|e| Error::Internal(format!("blocking signals: {e}")))?;
-    let mut last_ok = None;
-    loop {
-        let outcome = tick(conf, kube, sa_dir);
-        let now = crate::state::now_unix();
-        if outcome.is_ok() {
-            last_ok = Some(now);
+    let agent = std::sync::Arc::new(Agent::new(conf, kube));
+    crate::runtime::block_on(async move {
+        if let Some(addr) = metrics_addr {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| Error::io(format!("binding the metrics address {addr}"), e))?;
+            tracing::info!("metrics, /healthz and /readyz on http://{addr}");
+            tokio::spawn(metrics::serve(listener, agent.clone()));
         }
-        let health = Health {
-            beat_unix: now,
-            interval_secs: interval(kube).as_secs(),
-            last_refresh_ok_unix: last_ok,
-            last_outcome: outcome.unwrap_or_else(|e| e),
-        };
-        let bytes = serde_json::to_vec(&health).map_err(|e| Error::Internal(e.to_string()))?;
-        crate::state::atomic::write(&conf.state_dir.join(HEALTH_FILE), &bytes, false)?;
-        if let Some(sig) = wait_for(&stop, interval(kube)) {
-            tracing::info!("agent stopping on {sig:?}");
-            return Ok(());
+        let mut signalled = signal_waiter(stop);
+        loop {
+            let outcome = tick(&agent, sa_dir).await;
+            beat(&agent, outcome)?;
+            let interval = interval(&agent.kube);
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                sig = &mut signalled => {
+                    tracing::info!("agent stopping on {:?}", sig.ok());
+                    return Ok(());
+                }
+            }
         }
+    })
+}
+
+/// Records the loop's beat where the probes read it: the file for `--check`, memory for
+/// `/healthz`.
+fn beat(agent: &Agent, outcome: std::result::Result<String, String>) -> Result<()> {
+    let now = crate::state::now_unix();
+    let b = agent.beat(now, interval(&agent.kube).as_secs(), outcome);
+    let health = Health {
+        beat_unix: b.unix,
+        interval_secs: b.interval_secs,
+        last_refresh_ok_unix: b.last_ok_unix,
+        last_outcome: b.last_outcome,
+    };
+    let bytes = serde_json::to_vec(&health).map_err(|e| Error::Internal(e.to_string()))?;
+    crate::state::atomic::write(&agent.conf.state_dir.join(HEALTH_FILE), &bytes, false)
+}
+
+/// A thread that waits for one of `set` (blocked in every thread) and hands it over.
+fn signal_waiter(set: SigSet) -> tokio::sync::oneshot::Receiver<Signal> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            // A bounded wait, again and again: it notices a loop that went away.
+            while !tx.is_closed() {
+                if let Some(sig) = wait_for(&set, Duration::from_secs(1)) {
+                    let _ = tx.send(sig);
+                    return;
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("no signal thread ({e}): stop the agent with SIGKILL");
     }
+    rx
 }
 
 /// One round: token and CA, then the cache. `Ok` names what was fetched, `Err` why not.
-fn tick(conf: &Conf, kube: &KubeConf, sa_dir: &Path) -> std::result::Result<String, String> {
+async fn tick(agent: &Agent, sa_dir: &Path) -> std::result::Result<String, String> {
+    let kube = &agent.kube;
     let dir = kube.kubeconfig.parent().unwrap_or(Path::new("."));
     match credentials::sync_service_account(sa_dir, dir) {
         Ok(files) => {
@@ -133,22 +192,30 @@ fn tick(conf: &Conf, kube: &KubeConf, sa_dir: &Path) -> std::result::Result<Stri
         }
         Err(e) => tracing::warn!("service account: {e}"),
     }
-    match crate::runtime::block_on(cluster::refresh(kube, &conf.state_dir)) {
-        Ok(Ok(info)) => {
-            let cidrs: Vec<String> = info.pod_cidrs.iter().map(|c| c.to_string()).collect();
-            let what = format!(
-                "node {} podCIDRs [{}] from {}",
-                info.node_name,
-                cidrs.join(", "),
-                info.fetched_from
-            );
-            tracing::debug!("cache refreshed: {what}");
-            Ok(what)
-        }
-        Ok(Err(attempts)) => {
-            let why = cluster::client::describe_attempts(&attempts);
-            tracing::warn!("{}", cache_kept(&attempts));
-            Err(why)
+    let started = std::time::Instant::now();
+    let refreshed = cluster::refresh(kube, &agent.conf.state_dir).await;
+    let took = started.elapsed();
+    match refreshed {
+        Ok(outcome) => {
+            agent.requests(&outcome, took);
+            match outcome.info {
+                Some(info) => {
+                    let cidrs: Vec<String> = info.pod_cidrs.iter().map(|c| c.to_string()).collect();
+                    let what = format!(
+                        "node {} podCIDRs [{}] from {}",
+                        info.node_name,
+                        cidrs.join(", "),
+                        info.fetched_from
+                    );
+                    tracing::debug!("cache refreshed: {what}");
+                    Ok(what)
+                }
+                None => {
+                    let why = cluster::client::describe_attempts(&outcome.failures);
+                    tracing::warn!("{}", cache_kept(&outcome.failures));
+                    Err(why)
+                }
+            }
         }
         Err(e) => {
             tracing::warn!("refresh: {e}");

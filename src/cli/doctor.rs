@@ -23,6 +23,8 @@ pub struct Report {
     pub ipam: Vec<RangeUsage>,
     pub attachments: usize,
     pub attachments_netns_gone: Vec<Attachment>,
+    /// ADDs counted since stateDir was made, by how they got cluster info (counters.rs).
+    pub adds: super::counters::AddCounts,
     pub orphan_links: Vec<String>,
     pub orphan_leases: Vec<String>,
     /// Dead attachments holdfast released itself (after a reboot, or when a range was full),
@@ -108,25 +110,41 @@ pub async fn run(path: Option<PathBuf>, conf: Result<Conf, String>) -> Report {
             return r;
         }
     };
-    r.config.network = Some(conf.name().to_string());
-    r.config.state_dir = Some(conf.state_dir.clone());
-    let pod_cidrs = match &conf.kubernetes {
-        Some(kube) => cluster_section(&mut r, kube, &conf.state_dir).await,
-        None => None,
-    };
-    ipam_section(&mut r, &conf, pod_cidrs.as_deref());
-    let owned = attachments_section(&mut r, &conf);
-    r.reclaimed = crate::plugin::reclaim::journal(&conf.state_dir);
+    let owned = sections(&mut r, &conf, true).await;
     links_section(&mut r, &owned.links).await;
     leases_section(&mut r, &conf, &owned.owners);
     r
 }
 
-/// API paths, remembered health and the cache; returns the cached podCIDRs.
+/// What this node's own files say, without asking the API or the kernel: what the agent's
+/// metrics report (metrics.rs), so the two always show the same facts.
+pub async fn local(conf: &Conf) -> Report {
+    let mut r = Report::default();
+    sections(&mut r, conf, false).await;
+    r
+}
+
+/// The sections read from stateDir, and with `probe` what each API server says now.
+async fn sections(r: &mut Report, conf: &Conf, probe: bool) -> Owned {
+    r.config.network = Some(conf.name().to_string());
+    r.config.state_dir = Some(conf.state_dir.clone());
+    let pod_cidrs = match &conf.kubernetes {
+        Some(kube) => cluster_section(r, kube, &conf.state_dir, probe).await,
+        None => None,
+    };
+    ipam_section(r, conf, pod_cidrs.as_deref());
+    let owned = attachments_section(r, conf);
+    r.reclaimed = crate::plugin::reclaim::journal(&conf.state_dir);
+    r.adds = super::counters::read(&conf.state_dir);
+    owned
+}
+
+/// API paths (with `probe`), remembered health and the cache; returns the cached podCIDRs.
 async fn cluster_section(
     r: &mut Report,
     kube: &KubeConf,
     state_dir: &Path,
+    probe: bool,
 ) -> Option<Vec<IpNetwork>> {
     let node = match cluster::node_name(kube) {
         Ok(n) => n,
@@ -141,7 +159,9 @@ async fn cluster_section(
         .map(|c| c.api_endpoints.clone())
         .unwrap_or_default();
     health_section(r, state_dir);
-    api_section(r, kube, state_dir, &node, &endpoints).await;
+    if probe {
+        api_section(r, kube, state_dir, &node, &endpoints).await;
+    }
     cache_section(r, kube, state_dir, cached)
 }
 
@@ -388,8 +408,19 @@ pub fn render(r: &Report) -> String {
             u.range, u.used, u.capacity
         );
     }
-    o += &format!("attachments {}\n", r.attachments);
+    let gone = r.attachments_netns_gone.len();
+    o += &format!(
+        "attachments {} ({} live, {gone} whose netns is gone), {} reclaimed\n",
+        r.attachments,
+        r.attachments.saturating_sub(gone),
+        r.reclaimed.len()
+    );
     render_reclaimed(&mut o, r);
+    let a = &r.adds;
+    o += &format!(
+        "adds        {} fresh from the API, {} from the cache, {} failed; {} asked the API\n",
+        a.fresh, a.cache, a.failed, a.asked
+    );
     if r.attention.is_empty() {
         o += "\nall well\n";
     } else {

@@ -3,9 +3,11 @@
 
 mod agent;
 mod conffile;
+mod counters;
 mod doctor;
 mod install;
 mod logging;
+mod metrics;
 
 use crate::cni::config::{config_version, read_json};
 use crate::cni::version::{LATEST, SUPPORTED};
@@ -94,8 +96,13 @@ fn cni_main(version: &mut String) -> Result<Option<Value>> {
     let conf = Conf::from_net(NetConf::from_value(raw)?)?;
     logging::init(conf.log_file.as_deref(), conf.log_level.as_str());
     tracing::debug!(command = ?env.command, container = %env.container_id, ifname = %env.ifname, "start");
-    let request = Request::new(env, conf)?;
-    crate::runtime::block_on(plugin::run(request))
+    // ADD outcomes are counted for the agent's metrics (most ADDs count nothing: counters.rs).
+    let counted = (env.command == Command::Add).then(|| conf.state_dir.clone());
+    let out = Request::new(env, conf).and_then(|r| crate::runtime::block_on(plugin::run(r)));
+    if let Some(state_dir) = counted {
+        counters::count_add(&state_dir, out.is_ok());
+    }
+    out
 }
 
 fn about() -> String {
@@ -108,8 +115,9 @@ fn about() -> String {
          what needs attention on this node (exit 1 if anything)\n  \
          {NAME} install [--bin-dir DIR] [--conf-dir DIR] [--conflist FILE]\n                               \
          put holdfast on this node (DaemonSet init container)\n  \
-         {NAME} agent [--conf PATH] [--check]\n                               \
-         keep the cache warm and the token current (DaemonSet)\n  \
+         {NAME} agent [--conf PATH] [--check] [--metrics-addr ADDR:PORT]\n                               \
+         keep the cache warm and the token current (DaemonSet);\n                               \
+         with --metrics-addr: /metrics, /healthz, /readyz\n  \
          {NAME} version                print this text\n",
         SUPPORTED.join(", ")
     )
@@ -218,7 +226,7 @@ fn sync(args: &[String]) -> i32 {
     let refreshed = conf
         .kube()
         .and_then(|kube| crate::runtime::block_on(crate::cluster::refresh(kube, &conf.state_dir)));
-    match refreshed {
+    match refreshed.map(|o| o.info.ok_or(o.failures)) {
         Ok(Ok(info)) => {
             let cidrs: Vec<String> = info.pod_cidrs.iter().map(|c| c.to_string()).collect();
             let eps: Vec<String> = info.api_endpoints.iter().map(|e| e.to_string()).collect();

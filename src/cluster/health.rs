@@ -1,19 +1,15 @@
 //! Remembered API health: the last outcome of asking each server (the kubeconfig's and each real
 //! endpoint), with its time, in `stateDir/api-health.json`. It is what lets an outage cost one
 //! ADD its wait instead of every ADD: a server that did not answer is left alone for
-//! `outageHoldSeconds`, then one ADD at a time (the holder of a non-blocking lock) asks it again.
+//! `outageHoldSeconds`, then one ADD at a time (the prober of [`super::probe`]) asks it again.
 
 use super::cache::read_state_file;
 use crate::state::atomic;
-use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 pub const FILE: &str = "api-health.json";
-const LOCK: &str = "api-probe.lock";
 const VERSION: u32 = 1;
 const MAX_BYTES: u64 = 64 << 10;
 
@@ -65,7 +61,7 @@ pub enum Judgement {
     Ask,
     /// Did not answer within the hold: leave it alone.
     Held,
-    /// Did not answer, and the hold has passed: ask it if this process holds the probe lock.
+    /// Did not answer, and the hold has passed: the prober asks it again.
     Due,
 }
 
@@ -145,41 +141,6 @@ pub fn record(state_dir: &Path, observations: &[(String, State, Option<String>)]
     }
 }
 
-/// The right to re-probe servers whose hold has passed; dropped when the probe is done.
-pub enum ProbeLock {
-    Held(#[allow(dead_code)] Flock<File>),
-    /// The lock file could not be used (e.g. a read-only stateDir): probing anyway beats
-    /// never noticing that the API is back.
-    Unavailable,
-}
-
-/// Takes the probe lock without waiting; `None` when another ADD is probing right now.
-pub fn try_probe_lock(state_dir: &Path) -> Option<ProbeLock> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(state_dir.join(LOCK));
-    let file = match file {
-        Ok(f) => f,
-        Err(e) => {
-            tracing::debug!("API probe lock: {e}");
-            return Some(ProbeLock::Unavailable);
-        }
-    };
-    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        Ok(l) => Some(ProbeLock::Held(l)),
-        Err((_, nix::errno::Errno::EWOULDBLOCK)) => None,
-        Err((_, e)) => {
-            tracing::debug!("API probe lock: {e}");
-            Some(ProbeLock::Unavailable)
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,14 +190,6 @@ mod tests {
         );
         assert_eq!(mode & 0o777, 0o600);
 
-        let first = try_probe_lock(&dir).unwrap();
-        assert!(matches!(first, ProbeLock::Held(_)));
-        assert!(
-            try_probe_lock(&dir).is_none(),
-            "a second prober must not wait"
-        );
-        drop(first);
-        assert!(try_probe_lock(&dir).is_some());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

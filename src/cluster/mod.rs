@@ -11,6 +11,8 @@ pub mod client;
 pub mod conf;
 pub mod credentials;
 pub mod health;
+mod probe;
+pub mod served;
 
 use crate::cni::{Error, Result};
 pub use conf::KubeConf;
@@ -63,7 +65,50 @@ pub fn node_name(kube: &KubeConf) -> Result<String> {
 /// Cluster info for ADD, by the rule in the module doc.
 pub async fn for_add(kube: &KubeConf, state_dir: &Path) -> Result<ClusterInfo> {
     let node = node_name(kube)?;
-    let cached = match cache::load(state_dir, &node) {
+    let cached = load_cache(state_dir, &node);
+    if let Some(c) = &cached
+        && c.age_secs().is_some_and(|a| a < kube.refresh_seconds)
+    {
+        return Ok(c.clone());
+    }
+    // Past this point the ADD is on the slow path: nothing here touches a fresh cache's ADD.
+    let started = std::time::Instant::now();
+    let base = match client::load_config(kube).await {
+        Ok(b) => b,
+        Err(a) => return fall_back(kube, cached, &[a]),
+    };
+    let endpoints = endpoints_of(cached.as_ref(), &base);
+    let h = health::load(state_dir);
+    if cached.is_some()
+        && let Plan::Remembered(failures) = plan(&h, &base.label, &endpoints, kube)
+    {
+        return fall_back(kube, cached, &failures);
+    }
+    match probe::claim(state_dir) {
+        probe::Claim::Prober(p) => as_prober(kube, state_dir, &node, &base, cached, p, None).await,
+        probe::Claim::Busy(busy) => match cached {
+            Some(c) if within_max_stale(kube, &c) => {
+                tracing::info!(
+                    "another holdfast invocation is asking the Kubernetes API; using cluster info cached {}",
+                    c.describe_age()
+                );
+                served::set(served::CACHE);
+                Ok(c)
+            }
+            cached => {
+                // The prober that came a moment before this ADD answers a moment after its
+                // deadline: a little grace lets this one hear it instead of timing out.
+                let deadline =
+                    started + std::time::Duration::from_millis(kube.timeout_ms) + probe::WAIT_GRACE;
+                waiter(kube, state_dir, &node, &base, cached, busy, deadline).await
+            }
+        },
+    }
+}
+
+/// This node's cache, or `None` with the reason logged when it is there but unusable.
+fn load_cache(state_dir: &Path, node: &str) -> Option<ClusterInfo> {
+    match cache::load(state_dir, node) {
         Ok(c) => Some(c),
         Err(cache::Unusable::Missing) => None,
         Err(why) => {
@@ -73,20 +118,121 @@ pub async fn for_add(kube: &KubeConf, state_dir: &Path) -> Result<ClusterInfo> {
             );
             None
         }
-    };
+    }
+}
+
+/// The cached real endpoints, less the kubeconfig's own server.
+fn endpoints_of(cached: Option<&ClusterInfo>, base: &client::Base) -> Vec<SocketAddr> {
+    cached
+        .map(|c| c.api_endpoints.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e.to_string() != base.label)
+        .collect()
+}
+
+/// An ADD without a usable cache while another one probes: the prober's answer, waited for
+/// until `deadline` (from this ADD's own timeoutMs); a dead prober's place is taken with what is
+/// left of it.
+async fn waiter(
+    kube: &KubeConf,
+    state_dir: &Path,
+    node: &str,
+    base: &client::Base,
+    cached: Option<ClusterInfo>,
+    busy: probe::Busy,
+    deadline: std::time::Instant,
+) -> Result<ClusterInfo> {
+    match busy.wait(deadline) {
+        probe::Waited::Answer(a) if a.ok => match cache::load(state_dir, node) {
+            Ok(info) => {
+                served::set(served::FRESH);
+                Ok(info)
+            }
+            Err(why) => Err(Error::TryAgainLater(format!(
+                "the Kubernetes API answered another holdfast invocation, but its answer is not in the cache: {why}"
+            ))),
+        },
+        probe::Waited::Answer(a) => fall_back(kube, cached, &a.attempts()),
+        probe::Waited::Orphaned(p) => {
+            as_prober(kube, state_dir, node, base, cached, p, Some(deadline)).await
+        }
+        probe::Waited::TimedOut => Err(Error::TryAgainLater(format!(
+            "no cached cluster info, and another holdfast invocation asking the Kubernetes API had no answer within timeoutMs {}",
+            kube.timeout_ms
+        ))),
+    }
+}
+
+/// Asks the API for the node (for timeoutMs, or until `deadline`), and publishes what came back
+/// for the ADDs waiting on it.
+async fn as_prober(
+    kube: &KubeConf,
+    state_dir: &Path,
+    node: &str,
+    base: &client::Base,
+    cached: Option<ClusterInfo>,
+    prober: probe::Prober,
+    deadline: Option<std::time::Instant>,
+) -> Result<ClusterInfo> {
+    // Another prober may have finished between this ADD's look and its lock: what it learned
+    // counts (a refreshed cache, servers now known down).
+    let cached = load_cache(state_dir, node).or(cached);
     if let Some(c) = &cached
         && c.age_secs().is_some_and(|a| a < kube.refresh_seconds)
     {
         return Ok(c.clone());
     }
-    let outcome = ask(kube, state_dir, &node, cached.as_ref(), false).await;
-    if let Some(info) = outcome.info {
-        if let Err(e) = cache::store(state_dir, &info) {
-            tracing::warn!("could not write the cluster-info cache: {e}");
+    let endpoints = endpoints_of(cached.as_ref(), base);
+    let route = match plan(&health::load(state_dir), &base.label, &endpoints, kube) {
+        Plan::Ask(route) => route,
+        Plan::Remembered(_) if cached.is_none() => client::Route {
+            primary: true,
+            endpoints,
+        },
+        Plan::Remembered(failures) => {
+            prober.publish(false, &failures);
+            return fall_back(kube, cached, &failures);
         }
-        return Ok(info);
+    };
+    served::set(served::ASKED);
+    // A waiter that took a dead prober's place has only what is left of its own timeoutMs.
+    let kube = match deadline {
+        None => kube.clone(),
+        Some(d) => {
+            let left = d.saturating_duration_since(std::time::Instant::now());
+            KubeConf {
+                timeout_ms: u64::try_from(left.as_millis()).unwrap_or(u64::MAX),
+                ..kube.clone()
+            }
+        }
+    };
+    let outcome = client::fetch(&kube, base, node, &route).await;
+    remember(state_dir, &outcome, crate::state::now_unix());
+    match outcome.info {
+        Some(info) => {
+            let stored = cache::store(state_dir, &info);
+            if let Err(e) = &stored {
+                tracing::warn!("could not write the cluster-info cache: {e}");
+            }
+            prober.publish(stored.is_ok(), &outcome.failures);
+            served::set(served::FRESH);
+            Ok(info)
+        }
+        None => {
+            prober.publish(false, &outcome.failures);
+            fall_back(&kube, cached, &outcome.failures)
+        }
     }
-    fall_back(kube, cached, &outcome.failures)
+}
+
+/// Whether a cache that is not fresh may still stand in for the API (`maxStaleSeconds`).
+fn within_max_stale(kube: &KubeConf, c: &ClusterInfo) -> bool {
+    match c.age_secs() {
+        _ if kube.max_stale_seconds == 0 => true,
+        Some(a) => a <= kube.max_stale_seconds,
+        None => false,
+    }
 }
 
 /// The cache when no answer came, with one warning; error 11 when there is none to use.
@@ -106,12 +252,7 @@ fn fall_back(
             "{headline} and no cached cluster info: {what}"
         )));
     };
-    let within = match c.age_secs() {
-        _ if kube.max_stale_seconds == 0 => true,
-        Some(a) => a <= kube.max_stale_seconds,
-        None => false,
-    };
-    if !within {
+    if !within_max_stale(kube, &c) {
         return Err(Error::TryAgainLater(format!(
             "{headline} ({what}) and the cached cluster info, fetched {}, is over maxStaleSeconds {}",
             c.describe_age(),
@@ -122,25 +263,48 @@ fn fall_back(
         "{headline} ({what}); using cluster info cached {}",
         c.describe_age()
     );
+    served::set(served::CACHE);
     Ok(c)
 }
 
-/// Fetches now, ignoring the cache's age and the remembered health (`holdfast sync`); stores
-/// what it got and remembers what each server did.
-pub async fn refresh(
-    kube: &KubeConf,
-    state_dir: &Path,
-) -> Result<std::result::Result<ClusterInfo, Vec<client::Attempt>>> {
+/// Fetches now, ignoring the cache's age and the remembered health (`holdfast sync`, the
+/// agent): the answer (if any) and every failure seen; stores what it got and remembers what each server did. An ADD's probe in progress is
+/// waited for (bounded by `timeoutMs`) rather than asked alongside, and the ADDs that come while
+/// this one asks wait for its answer in turn.
+pub async fn refresh(kube: &KubeConf, state_dir: &Path) -> Result<client::Outcome> {
     let node = node_name(kube)?;
     let cached = cache::load(state_dir, &node).ok();
-    let outcome = ask(kube, state_dir, &node, cached.as_ref(), true).await;
-    match outcome.info {
-        Some(info) => {
-            cache::store(state_dir, &info)?;
-            Ok(Ok(info))
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(kube.timeout_ms);
+    let dir = state_dir.to_path_buf();
+    // On a blocking thread: the agent's runtime serves its metrics meanwhile.
+    let prober = tokio::task::spawn_blocking(move || probe::claim_until(&dir, deadline))
+        .await
+        .ok()
+        .flatten();
+    let base = match client::load_config(kube).await {
+        Ok(b) => b,
+        Err(a) => {
+            return Ok(client::Outcome {
+                info: None,
+                failures: vec![a],
+            });
         }
-        None => Ok(Err(outcome.failures)),
+    };
+    let route = client::Route {
+        primary: true,
+        endpoints: endpoints_of(cached.as_ref(), &base),
+    };
+    let outcome = client::fetch(kube, &base, &node, &route).await;
+    remember(state_dir, &outcome, crate::state::now_unix());
+    let stored = outcome
+        .info
+        .as_ref()
+        .map(|info| cache::store(state_dir, info));
+    if let Some(p) = prober {
+        p.publish(matches!(stored, Some(Ok(()))), &outcome.failures);
     }
+    stored.transpose()?;
+    Ok(outcome)
 }
 
 /// Cached podCIDRs only, whatever their age: for verbs that must not contact the API. `None`
@@ -177,84 +341,21 @@ pub async fn probe_servers(
     probes
 }
 
-/// Asks the servers the remembered health allows (all of them when `everyone`, or when there
-/// is no cache to fall back to), and remembers what they did.
-async fn ask(
-    kube: &KubeConf,
-    state_dir: &Path,
-    node: &str,
-    cached: Option<&ClusterInfo>,
-    everyone: bool,
-) -> client::Outcome {
-    let base = match client::load_config(kube).await {
-        Ok(b) => b,
-        Err(a) => {
-            return client::Outcome {
-                info: None,
-                failures: vec![a],
-            };
-        }
-    };
-    let endpoints: Vec<SocketAddr> = cached
-        .map(|c| c.api_endpoints.clone())
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|e| e.to_string() != base.label)
-        .collect();
-    let now = crate::state::now_unix();
-    let remembered = health::load(state_dir);
-    // The lock, when taken, is held until what the servers did is on disk.
-    let (route, _lock) = match plan(&remembered, &base.label, &endpoints, now, kube, state_dir) {
-        Plan::Ask(route, lock) => (route, lock),
-        Plan::Remembered(_) if everyone || cached.is_none() => (
-            client::Route {
-                primary: true,
-                endpoints,
-            },
-            None,
-        ),
-        Plan::Remembered(failures) => {
-            return client::Outcome {
-                info: None,
-                failures,
-            };
-        }
-    };
-    let outcome = client::fetch(kube, &base, node, &route).await;
-    remember(state_dir, &outcome, crate::state::now_unix());
-    outcome
-}
-
 enum Plan {
-    /// Ask along this route, holding the probe lock if servers past their hold are included.
-    Ask(client::Route, Option<health::ProbeLock>),
+    /// Ask along this route.
+    Ask(client::Route),
     /// Every server is known not to answer and within its hold: what each last did.
     Remembered(Vec<client::Attempt>),
 }
 
-/// Which servers to ask: the healthy and unknown ones, and those whose hold has passed when
-/// this ADD wins the probe lock (one ADD at a time re-probes; the others don't wait for it).
-fn plan(
-    h: &health::Health,
-    primary: &str,
-    endpoints: &[SocketAddr],
-    now: u64,
-    kube: &KubeConf,
-    state_dir: &Path,
-) -> Plan {
+/// Which servers the prober asks: the healthy and unknown ones, and those whose hold has passed.
+fn plan(h: &health::Health, primary: &str, endpoints: &[SocketAddr], kube: &KubeConf) -> Plan {
     use health::Judgement;
-    let judge = |s: &str| h.judge(s, now, kube.outage_hold_seconds);
-    let labels: Vec<String> = std::iter::once(primary.to_string())
-        .chain(endpoints.iter().map(|e| e.to_string()))
-        .collect();
-    let lock = if labels.iter().any(|l| judge(l) == Judgement::Due) {
-        health::try_probe_lock(state_dir)
-    } else {
-        None
-    };
-    let asks = |s: &str| match judge(s) {
+    let now = crate::state::now_unix();
+    let asks = |s: &str| match h.judge(s, now, kube.outage_hold_seconds) {
         Judgement::Ask => true,
-        Judgement::Due => lock.is_some(),
+        // Only the prober gets this far with a plan to ask.
+        Judgement::Due => true,
         Judgement::Held => false,
     };
     let route = client::Route {
@@ -266,10 +367,11 @@ fn plan(
             .collect(),
     };
     if route.primary || !route.endpoints.is_empty() {
-        return Plan::Ask(route, lock);
+        return Plan::Ask(route);
     }
+    let labels =
+        std::iter::once(primary.to_string()).chain(endpoints.iter().map(|e| e.to_string()));
     let failures = labels
-        .into_iter()
         .filter_map(|l| {
             let s = h.servers.get(&l)?;
             let ago = now.saturating_sub(s.checked_unix);
