@@ -12,5 +12,6 @@ pub mod dataplane;
 mod failpoint;
 mod ipam;
 mod plugin;
+mod routing;
 pub mod runtime;
 mod state;

@@ -82,6 +82,7 @@ pub fn main(args: &[String]) -> i32 {
         interval(&kube),
         cluster::cache::path(&conf.state_dir).display()
     );
+    crate::routing::watch::start(&conf.routing, &conf.state_dir, &kube);
     match run(&conf, &kube, &a.sa_dir) {
         Ok(()) => 0,
         Err(e) => {

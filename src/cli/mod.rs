@@ -6,6 +6,7 @@ mod conffile;
 mod doctor;
 mod install;
 mod logging;
+mod routes;
 
 use crate::cni::config::{config_version, read_json};
 use crate::cni::version::{LATEST, SUPPORTED};
@@ -110,6 +111,8 @@ fn about() -> String {
          put holdfast on this node (DaemonSet init container)\n  \
          {NAME} agent [--conf PATH] [--check]\n                               \
          keep the cache warm and the token current (DaemonSet)\n  \
+         {NAME} routes apply [--conf PATH]\n                               \
+         re-apply the persisted peer table now (boot unit)\n  \
          {NAME} version                print this text\n",
         SUPPORTED.join(", ")
     )
@@ -125,6 +128,7 @@ fn subcommand(args: Vec<String>) -> i32 {
         Some("doctor") => doctor_cmd(&args[1..]),
         Some("install") => install::main(&args[1..]),
         Some("agent") => agent::main(&args[1..]),
+        Some("routes") => routes::main(&args[1..]),
         Some(other) => {
             eprintln!("{NAME}: unknown subcommand {other:?}\n");
             eprint!("{}", about());

@@ -1,0 +1,479 @@
+//! Routes between nodes (issue 14, SPEC §9), in private netns: "nodes" on one L2 segment
+//! (`direct`), on two subnets behind a router netns (only `vxlan` can work), and both (`auto`);
+//! pods on each node ping across; holdfast's routes carry its protocol number and nobody else's
+//! route is touched; a cold boot (every link, route, neighbour and FDB entry of a node gone) is
+//! undone from `peers.json` alone, by `holdfast routes apply` or by the first ADD of a new boot.
+
+mod common;
+use common::night::{BootId, NetnsGuard};
+use common::*;
+use serde_json::{Value, json};
+use std::process::Command;
+
+/// holdfast's route protocol number (src/dataplane/route.rs `PROTO`).
+const PROTO: &str = "104";
+
+/// One simulated node: its world (netns, state dir), name, underlay address and pod CIDR.
+struct Node {
+    w: World,
+    name: String,
+    ip: String,
+    cidr: String,
+}
+
+impl Node {
+    /// A node netns whose `eth0` is a veth to `port` in `lan` (a bridge member or the router's
+    /// interface), with `ip`/24 and, given `gw`, a default route through it.
+    fn new(test: &str, name: &str, lan: &str, ip: &str, gw: Option<&str>, cidr: &str) -> Node {
+        let w = World::new(test);
+        let port = format!("{}-{name}", &w.tag[3..]);
+        common::ip(&[
+            "-n", lan, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns",
+            &w.node,
+        ]);
+        common::ip(&["-n", lan, "link", "set", &port, "up"]);
+        if try_ip(&["-n", lan, "link", "show", "br0"]) {
+            common::ip(&["-n", lan, "link", "set", &port, "master", "br0"]);
+        }
+        let n = Node {
+            w,
+            name: name.into(),
+            ip: ip.into(),
+            cidr: cidr.into(),
+        };
+        n.underlay(gw);
+        std::fs::create_dir_all(&n.w.state_dir).unwrap();
+        n
+    }
+
+    /// The node's address and default route on `eth0` (again, after a cold boot).
+    fn underlay(&self, gw: Option<&str>) {
+        let ns = &self.w.node;
+        common::ip(&[
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{}/24", self.ip),
+            "dev",
+            "eth0",
+        ]);
+        common::ip(&["-n", ns, "link", "set", "eth0", "up"]);
+        if let Some(gw) = gw {
+            common::ip(&["-n", ns, "route", "add", "default", "via", gw]);
+        }
+    }
+
+    fn conf(&self, mode: &str) -> Value {
+        let mut c = self.w.conf("1.0.0", ipam_v4(&self.cidr));
+        c["mtu"] = json!(1400);
+        c["kubernetes"] = json!({"kubeconfig": "/nonexistent/kubeconfig", "nodeName": self.name});
+        c["routing"] = json!({"mode": mode});
+        c
+    }
+
+    fn conf_file(&self, mode: &str) -> String {
+        let p = self.w.state_dir.join("conf.json");
+        std::fs::write(&p, self.conf(mode).to_string()).unwrap();
+        p.display().to_string()
+    }
+
+    fn peer(&self) -> Value {
+        json!({"name": self.name, "uid": format!("uid-{}", self.name),
+               "internalIPs": [self.ip], "podCIDRs": [self.cidr]})
+    }
+
+    /// `holdfast routes apply` in this node's netns.
+    fn routes_apply(&self, mode: &str) -> std::process::Output {
+        let conf = self.conf_file(mode);
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.w.node,
+                BIN,
+                "routes",
+                "apply",
+                "--conf",
+                &conf,
+            ])
+            .output()
+            .unwrap()
+    }
+
+    fn routes_apply_ok(&self, mode: &str) -> String {
+        let out = self.routes_apply(mode);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success(),
+            "routes apply on {}: {text}",
+            self.name
+        );
+        text
+    }
+
+    /// A pod on this node through the real ADD; returns its netns path and address.
+    fn pod(&mut self, mode: &str, cid: &str) -> (String, String) {
+        let ns = self.w.pod();
+        let r = self.w.cni("ADD", cid, &ns, "eth0", &self.conf(mode)).ok();
+        (ns, ip_of(&r.json()))
+    }
+
+    fn routes(&self) -> String {
+        common::ip(&["-n", &self.w.node, "route", "show"])
+    }
+
+    fn own_routes(&self) -> String {
+        common::ip(&["-n", &self.w.node, "route", "show", "proto", PROTO])
+    }
+}
+
+fn ip_of(r: &Value) -> String {
+    let a = r["ips"][0]["address"].as_str().unwrap();
+    a.split('/').next().unwrap().to_string()
+}
+
+/// Writes `node`'s peers.json: itself as `local`, `others` as peers.
+fn write_table(node: &Node, others: &[&Node]) {
+    let peers: serde_json::Map<String, Value> =
+        others.iter().map(|o| (o.name.clone(), o.peer())).collect();
+    let t = json!({"version": 1, "node": node.name, "syncedUnix": 1, "local": node.peer(),
+                   "peers": peers});
+    std::fs::write(node.w.state_dir.join("peers.json"), t.to_string()).unwrap();
+}
+
+/// A netns holding a bridge `br0`: one L2 segment.
+fn lan(test: &str, tag: &str) -> NetnsGuard {
+    let name = format!("hfr{}{tag}", std::process::id());
+    require_root(test);
+    let g = NetnsGuard::add(&name);
+    common::ip(&["-n", &name, "link", "add", "br0", "type", "bridge"]);
+    common::ip(&["-n", &name, "link", "set", "br0", "up"]);
+    g
+}
+
+/// A router netns with two interfaces, one per subnet, forwarding between them and nothing
+/// else: it knows no pod CIDR, so only tunnelled traffic crosses it.
+fn router(test: &str) -> NetnsGuard {
+    let g = lan(test, "rt");
+    common::ip(&["-n", &g.0, "addr", "add", "192.0.2.254/24", "dev", "br0"]);
+    Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &g.0,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ])
+        .status()
+        .unwrap();
+    g
+}
+
+/// The router's second subnet, on a second bridge: nodes of 198.51.100.0/24 attach there.
+fn second_subnet(r: &NetnsGuard) -> NetnsGuard {
+    let name = format!("{}b", r.0);
+    let g = NetnsGuard::add(&name);
+    common::ip(&["-n", &name, "link", "add", "br0", "type", "bridge"]);
+    common::ip(&["-n", &name, "link", "set", "br0", "up"]);
+    common::ip(&[
+        "-n", &name, "link", "add", "up0", "type", "veth", "peer", "name", "sub-b", "netns", &r.0,
+    ]);
+    common::ip(&["-n", &name, "link", "set", "up0", "master", "br0"]);
+    common::ip(&["-n", &name, "link", "set", "up0", "up"]);
+    common::ip(&[
+        "-n",
+        &r.0,
+        "addr",
+        "add",
+        "198.51.100.254/24",
+        "dev",
+        "sub-b",
+    ]);
+    common::ip(&["-n", &r.0, "link", "set", "sub-b", "up"]);
+    g
+}
+
+#[test]
+#[ignore = "needs root (network namespaces)"]
+fn direct_mode_routes_pods_across_one_segment_and_leaves_foreign_routes() {
+    let t = "direct";
+    let seg = lan(t, "d");
+    let mut n1 = Node::new(t, "n1", &seg.0, "192.0.2.1", None, "10.244.1.0/24");
+    let mut n2 = Node::new(t, "n2", &seg.0, "192.0.2.2", None, "10.244.2.0/24");
+    let mut n3 = Node::new(t, "n3", &seg.0, "192.0.2.3", None, "10.244.3.0/24");
+    // Someone else's routes on n1: an unrelated one and one to a destination holdfast never wants.
+    common::ip(&[
+        "-n",
+        &n1.w.node,
+        "route",
+        "add",
+        "10.99.0.0/24",
+        "via",
+        "192.0.2.3",
+        "proto",
+        "static",
+    ]);
+    write_table(&n1, &[&n2, &n3]);
+    write_table(&n2, &[&n1, &n3]);
+    write_table(&n3, &[&n1, &n2]);
+    for n in [&n1, &n2, &n3] {
+        let out = n.routes_apply_ok("direct");
+        assert!(out.contains("2 placed"), "{out}");
+    }
+    let own = n1.own_routes();
+    assert!(
+        own.contains("10.244.2.0/24 via 192.0.2.2 dev eth0"),
+        "{own}"
+    );
+    assert!(
+        own.contains("10.244.3.0/24 via 192.0.2.3 dev eth0"),
+        "{own}"
+    );
+    assert!(!own.contains("10.99.0.0"), "{own}");
+    let (p1, a1) = n1.pod("direct", "c1");
+    let (_p2, a2) = n2.pod("direct", "c2");
+    let (p3, a3) = n3.pod("direct", "c3");
+    assert!(n1.w.ping(&p1, &a2), "pod n1 -> pod n2");
+    assert!(n1.w.ping(&p1, &a3), "pod n1 -> pod n3");
+    assert!(n3.w.ping(&p3, &a1), "pod n3 -> pod n1");
+    // Idempotent: a second apply changes nothing.
+    let again = n1.routes_apply_ok("direct");
+    assert!(
+        again.contains("routes 2 in place, 0 placed, 0 removed"),
+        "{again}"
+    );
+    // n3 leaves the table: its route goes, the foreign route stays.
+    write_table(&n1, &[&n2]);
+    let out = n1.routes_apply_ok("direct");
+    assert!(out.contains("1 removed"), "{out}");
+    let all = n1.routes();
+    assert!(!all.contains("10.244.3.0/24"), "{all}");
+    assert!(
+        all.contains("10.99.0.0/24 via 192.0.2.3 dev eth0 proto static"),
+        "{all}"
+    );
+    assert!(n1.w.ping(&p1, &a2), "pod n1 -> pod n2 after the prune");
+}
+
+#[test]
+#[ignore = "needs root (network namespaces)"]
+fn a_wrong_gateway_is_replaced_and_a_foreign_route_to_a_peer_cidr_is_left_alone() {
+    let t = "wrong-gw";
+    let seg = lan(t, "w");
+    let n1 = Node::new(t, "n1", &seg.0, "192.0.2.1", None, "10.244.1.0/24");
+    let n2 = Node::new(t, "n2", &seg.0, "192.0.2.2", None, "10.244.2.0/24");
+    let n3 = Node::new(t, "n3", &seg.0, "192.0.2.3", None, "10.244.3.0/24");
+    let ns = &n1.w.node;
+    // A stale route of ours (a podCIDR reused by a node with another address: kind#2941).
+    common::ip(&[
+        "-n",
+        ns,
+        "route",
+        "add",
+        "10.244.2.0/24",
+        "via",
+        "192.0.2.3",
+        "proto",
+        PROTO,
+    ]);
+    // Someone else's route to a peer's pod CIDR: holdfast reports it and leaves it.
+    common::ip(&[
+        "-n",
+        ns,
+        "route",
+        "add",
+        "10.244.3.0/24",
+        "via",
+        "192.0.2.2",
+        "proto",
+        "static",
+    ]);
+    write_table(&n1, &[&n2, &n3]);
+    let out = n1.routes_apply("direct");
+    let text = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "a route left alone needs attention");
+    assert!(text.contains("someone else's (protocol 4"), "{text}");
+    let all = n1.routes();
+    assert!(
+        all.contains(&format!(
+            "10.244.2.0/24 via 192.0.2.2 dev eth0 proto {PROTO}"
+        )),
+        "{all}"
+    );
+    assert!(!all.contains("10.244.2.0/24 via 192.0.2.3"), "{all}");
+    assert!(
+        all.contains("10.244.3.0/24 via 192.0.2.2 dev eth0 proto static"),
+        "{all}"
+    );
+}
+
+/// n1 on 192.0.2.0/24, n2 on 198.51.100.0/24, a router between: direct cannot work, vxlan does.
+#[test]
+#[ignore = "needs root (network namespaces)"]
+fn vxlan_crosses_a_router_and_comes_back_after_a_cold_boot() {
+    let t = "vxlan";
+    let r = router(t);
+    let b = second_subnet(&r);
+    let mut n1 = Node::new(
+        t,
+        "n1",
+        &r.0,
+        "192.0.2.1",
+        Some("192.0.2.254"),
+        "10.244.1.0/24",
+    );
+    let mut n2 = Node::new(
+        t,
+        "n2",
+        &b.0,
+        "198.51.100.2",
+        Some("198.51.100.254"),
+        "10.244.2.0/24",
+    );
+    write_table(&n1, &[&n2]);
+    write_table(&n2, &[&n1]);
+    // direct: the peer is not on-link, so nothing is routed.
+    let out = n1.routes_apply("direct");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not on-link"));
+    for n in [&n1, &n2] {
+        n.routes_apply_ok("vxlan");
+    }
+    let own = n1.own_routes();
+    assert!(
+        own.contains("10.244.2.0/24 via 10.244.2.0 dev holdfast-vx onlink"),
+        "{own}"
+    );
+    let neigh = common::ip(&["-n", &n1.w.node, "neigh", "show", "dev", "holdfast-vx"]);
+    assert!(
+        neigh.contains("10.244.2.0 lladdr 0e:68:c6:33:64:02 PERMANENT"),
+        "{neigh}"
+    );
+    let fdb = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &n1.w.node,
+            "bridge",
+            "fdb",
+            "show",
+            "dev",
+            "holdfast-vx",
+        ])
+        .output()
+        .unwrap();
+    let fdb = String::from_utf8_lossy(&fdb.stdout);
+    assert!(fdb.contains("0e:68:c6:33:64:02 dst 198.51.100.2"), "{fdb}");
+    let (p1, _a1) = n1.pod("vxlan", "c1");
+    let (_p2, a2) = n2.pod("vxlan", "c2");
+    assert!(n1.w.ping(&p1, &a2), "pod n1 -> pod n2 through the tunnel");
+
+    // Cold boot of n1: every link (veths of pods, the tunnel, the underlay), route, neighbour
+    // and FDB entry gone; the underlay comes back as the host's network config would.
+    cold_boot(&n1, &r.0, Some("192.0.2.254"));
+    let (p1b, _) = n1.pod("vxlan", "c1b");
+    assert!(!n1.w.ping(&p1b, &a2), "nothing re-applied yet");
+    n1.routes_apply_ok("vxlan");
+    assert!(
+        n1.w.ping(&p1b, &a2),
+        "routes apply restored pod n1 -> pod n2"
+    );
+
+    // Again, and this time the first ADD of the new boot restores it.
+    cold_boot(&n1, &r.0, Some("192.0.2.254"));
+    let boot = BootId::new(&n1.w, "cold-boot-2");
+    let pod = n1.w.pod();
+    let env = [
+        ("CNI_CONTAINERID", "c1c"),
+        ("CNI_NETNS", pod.as_str()),
+        ("CNI_IFNAME", "eth0"),
+    ];
+    let e = boot.run(&n1.w, "ADD", &n1.conf("vxlan"), &env);
+    assert_eq!(e.run.code, 0, "ADD after the boot: {}", e.run.stderr);
+    assert!(
+        n1.own_routes().contains("holdfast-vx onlink"),
+        "{}",
+        n1.routes()
+    );
+    assert!(
+        n1.w.ping(&pod, &a2),
+        "the first ADD of the boot restored pod n1 -> pod n2"
+    );
+}
+
+/// n1 and n3 share a segment, n2 is behind the router: auto routes n3 directly, n2 by VXLAN.
+#[test]
+#[ignore = "needs root (network namespaces)"]
+fn auto_is_direct_on_link_and_vxlan_elsewhere() {
+    let t = "auto";
+    let r = router(t);
+    let b = second_subnet(&r);
+    let mut n1 = Node::new(
+        t,
+        "n1",
+        &r.0,
+        "192.0.2.1",
+        Some("192.0.2.254"),
+        "10.244.1.0/24",
+    );
+    let mut n2 = Node::new(
+        t,
+        "n2",
+        &b.0,
+        "198.51.100.2",
+        Some("198.51.100.254"),
+        "10.244.2.0/24",
+    );
+    let mut n3 = Node::new(
+        t,
+        "n3",
+        &r.0,
+        "192.0.2.3",
+        Some("192.0.2.254"),
+        "10.244.3.0/24",
+    );
+    write_table(&n1, &[&n2, &n3]);
+    write_table(&n2, &[&n1, &n3]);
+    write_table(&n3, &[&n1, &n2]);
+    for n in [&n1, &n2, &n3] {
+        n.routes_apply_ok("auto");
+    }
+    let own = n1.own_routes();
+    assert!(
+        own.contains("10.244.3.0/24 via 192.0.2.3 dev eth0"),
+        "{own}"
+    );
+    assert!(
+        own.contains("10.244.2.0/24 via 10.244.2.0 dev holdfast-vx onlink"),
+        "{own}"
+    );
+    let (p1, a1) = n1.pod("auto", "c1");
+    let (p2, a2) = n2.pod("auto", "c2");
+    let (_p3, a3) = n3.pod("auto", "c3");
+    assert!(n1.w.ping(&p1, &a2), "n1 -> n2 (vxlan)");
+    assert!(n1.w.ping(&p1, &a3), "n1 -> n3 (direct)");
+    assert!(n2.w.ping(&p2, &a1), "n2 -> n1 (vxlan)");
+    assert!(n2.w.ping(&p2, &a3), "n2 -> n3 (vxlan)");
+}
+
+/// Everything of the node's network goes, as at power-off; then the underlay comes back.
+fn cold_boot(n: &Node, lan: &str, gw: Option<&str>) {
+    let ns = &n.w.node;
+    for l in n.w.node_links() {
+        try_ip(&["-n", ns, "link", "del", &l]);
+    }
+    assert_eq!(n.w.node_links(), Vec::<String>::new());
+    assert_eq!(n.routes(), "", "no route survives");
+    let port = format!("{}-{}", &n.w.tag[3..], n.name);
+    common::ip(&[
+        "-n", lan, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", ns,
+    ]);
+    common::ip(&["-n", lan, "link", "set", &port, "up", "master", "br0"]);
+    n.underlay(gw);
+}
