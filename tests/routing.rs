@@ -477,3 +477,228 @@ fn cold_boot(n: &Node, lan: &str, gw: Option<&str>) {
     common::ip(&["-n", lan, "link", "set", &port, "up", "master", "br0"]);
     n.underlay(gw);
 }
+
+/// A plain-HTTP Kubernetes API of Nodes, inside a node netns: `GET /api/v1/nodes` (a list, or
+/// 500 while `failing`) and `?watch=true` (a chunked stream of the events pushed with `push`).
+struct NodeApi {
+    port: u16,
+    state: std::sync::Arc<std::sync::Mutex<ApiState>>,
+}
+
+#[derive(Default)]
+struct ApiState {
+    failing: bool,
+    nodes: Vec<Value>,
+    events: Vec<String>,
+    lists: usize,
+    stop: bool,
+}
+
+fn node_json(name: &str, ip: &str, cidr: &str) -> Value {
+    json!({"metadata": {"name": name, "uid": format!("uid-{name}"), "resourceVersion": "7"},
+           "spec": {"podCIDR": cidr, "podCIDRs": [cidr]},
+           "status": {"addresses": [{"type": "InternalIP", "address": ip},
+                                    {"type": "Hostname", "address": name}]}})
+}
+
+impl NodeApi {
+    fn start(netns: &str) -> NodeApi {
+        use std::os::fd::AsFd;
+        use std::os::unix::fs::MetadataExt;
+        let state = std::sync::Arc::new(std::sync::Mutex::new(ApiState::default()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (st, path) = (state.clone(), format!("/var/run/netns/{netns}"));
+        // The test process runs in the machine's netns: the server must never serve there.
+        let machine = std::fs::metadata("/proc/self/ns/net").unwrap();
+        std::thread::spawn(move || {
+            let f = std::fs::File::open(&path).unwrap();
+            nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let me = std::fs::metadata("/proc/thread-self/ns/net").unwrap();
+            assert!(
+                me.ino() != machine.ino(),
+                "the fake API never serves in the root netns"
+            );
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            tx.send(l.local_addr().unwrap().port()).unwrap();
+            for c in l.incoming().flatten() {
+                let st = st.clone();
+                std::thread::spawn(move || serve_nodes(c, &st));
+            }
+        });
+        NodeApi {
+            port: rx.recv().unwrap(),
+            state,
+        }
+    }
+
+    fn kubeconfig(&self, dir: &std::path::Path) -> String {
+        let p = dir.join("kubeconfig");
+        let kc = format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: c, cluster: {{server: \"http://127.0.0.1:{}\"}}}}]\n\
+             users: [{{name: u, user: {{token: t}}}}]\ncontexts: [{{name: x, context: {{cluster: c, user: u}}}}]\n\
+             current-context: x\n",
+            self.port
+        );
+        std::fs::write(&p, kc).unwrap();
+        p.display().to_string()
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut ApiState) -> T) -> T {
+        f(&mut self.state.lock().unwrap())
+    }
+}
+
+impl Drop for NodeApi {
+    fn drop(&mut self) {
+        self.with(|s| s.stop = true);
+    }
+}
+
+fn serve_nodes(mut c: std::net::TcpStream, st: &std::sync::Mutex<ApiState>) {
+    use std::io::{BufRead, BufReader, Write};
+    let mut r = BufReader::new(c.try_clone().unwrap());
+    let mut line = String::new();
+    if r.read_line(&mut line).is_err() {
+        return;
+    }
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h).is_err() || h == "\r\n" || h.is_empty() {
+            break;
+        }
+    }
+    let target = line.split_whitespace().nth(1).unwrap_or("").to_string();
+    if !target.starts_with("/api/v1/nodes?") {
+        let _ = c
+            .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        return;
+    }
+    if !target.contains("watch=true") {
+        let body = {
+            let mut s = st.lock().unwrap();
+            s.lists += 1;
+            if s.failing {
+                let _ = c.write_all(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                return;
+            }
+            json!({"kind": "NodeList", "apiVersion": "v1", "metadata": {"resourceVersion": "7"},
+                   "items": s.nodes})
+            .to_string()
+        };
+        let _ = write!(
+            c,
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        return;
+    }
+    let _ = c.write_all(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+    );
+    let mut sent = st.lock().unwrap().events.len();
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let (stop, new): (bool, Vec<String>) = {
+            let s = st.lock().unwrap();
+            (s.stop, s.events[sent..].to_vec())
+        };
+        if stop {
+            return;
+        }
+        for e in new {
+            let chunk = format!("{e}\n");
+            if write!(c, "{:x}\r\n{chunk}\r\n", chunk.len()).is_err() {
+                return;
+            }
+            sent += 1;
+        }
+    }
+}
+
+/// Waits up to 20 s for `f`; fails with the node's routes.
+fn wait_until(n: &Node, what: &str, f: &dyn Fn() -> bool) {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !f() {
+        assert!(std::time::Instant::now() < end, "{what}: {}", n.routes());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// The agent reconciles after a full list: a stale address is followed (wrong gateway replaced),
+/// a gone peer is pruned; while the list fails, nothing is; a watch event reaches its route.
+#[test]
+#[ignore = "needs root (network namespaces)"]
+fn the_agent_reconciles_only_after_a_full_list_and_follows_the_watch() {
+    let t = "agent";
+    let seg = lan(t, "a");
+    let mut n1 = Node::new(t, "n1", &seg.0, "192.0.2.1", None, "10.244.1.0/24");
+    let mut n2 = Node::new(t, "n2", &seg.0, "192.0.2.2", None, "10.244.2.0/24");
+    let n3 = Node::new(t, "n3", &seg.0, "192.0.2.3", None, "10.244.3.0/24");
+    let api = NodeApi::start(&n1.w.node);
+    api.with(|s| s.failing = true);
+    // What n1 last knew: n2 at an old address, n3 (which is gone from the cluster since).
+    let stale = Node {
+        w: World::new(t),
+        name: "n2".into(),
+        ip: "192.0.2.9".into(),
+        cidr: n2.cidr.clone(),
+    };
+    write_table(&n1, &[&stale, &n3]);
+    let mut conf = n1.conf("direct");
+    conf["kubernetes"]["kubeconfig"] = json!(api.kubeconfig(&n1.w.state_dir));
+    let conf_path = n1.w.state_dir.join("conf.json");
+    std::fs::write(&conf_path, conf.to_string()).unwrap();
+    let _agent = common::night::Group::spawn(&[
+        "ip",
+        "netns",
+        "exec",
+        &n1.w.node,
+        BIN,
+        "agent",
+        "--conf",
+        &conf_path.display().to_string(),
+        "--sa-dir",
+        "/nonexistent",
+    ]);
+    // On start, from disk; with the list failing, nothing is pruned.
+    wait_until(&n1, "re-applied from disk", &|| {
+        n1.own_routes().contains("10.244.3.0/24 via 192.0.2.3")
+    });
+    wait_until(&n1, "two failed lists", &|| api.with(|s| s.lists) >= 2);
+    let own = n1.own_routes();
+    assert!(
+        own.contains("10.244.2.0/24 via 192.0.2.9") && own.contains("10.244.3.0/24"),
+        "{own}"
+    );
+    // The API answers: n2 at its real address, n3 gone.
+    api.with(|s| {
+        s.nodes = vec![
+            node_json("n1", &n1.ip, &n1.cidr),
+            node_json("n2", &n2.ip, &n2.cidr),
+        ];
+        s.failing = false;
+    });
+    wait_until(&n1, "reconciled", &|| {
+        let own = n1.own_routes();
+        own.contains("10.244.2.0/24 via 192.0.2.2") && !own.contains("10.244.3.0/24")
+    });
+    let table = std::fs::read_to_string(n1.w.state_dir.join("peers.json")).unwrap();
+    assert!(
+        !table.contains("\"n3\"") && table.contains("192.0.2.2"),
+        "{table}"
+    );
+    write_table(&n2, &[&n1]);
+    n2.routes_apply_ok("direct");
+    let (p1, _) = n1.pod("direct", "c1");
+    let (_p2, a2) = n2.pod("direct", "c2");
+    assert!(n1.w.ping(&p1, &a2), "pod n1 -> pod n2 after the reconcile");
+    // A watch event: n3 joins again.
+    api.with(|s| {
+        s.events
+            .push(json!({"type": "ADDED", "object": node_json("n3", &n3.ip, &n3.cidr)}).to_string())
+    });
+    wait_until(&n1, "n3 from the watch", &|| {
+        n1.own_routes().contains("10.244.3.0/24 via 192.0.2.3")
+    });
+    drop(stale);
+}
