@@ -16,7 +16,7 @@ use super::table::{Peer, Table};
 use crate::dataplane::neigh::Entry;
 use crate::dataplane::route::{KernelRoute, OwnedRoute, PROTO};
 use ipnetwork::IpNetwork;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 
 /// The VTEP MAC of the node whose underlay address is `ip`: locally administered, unicast,
@@ -163,21 +163,31 @@ pub struct RouteDiff {
 /// replaced or removed; a destination held by anyone else's route is reported, not taken.
 pub fn diff_routes(want: &[OwnedRoute], have: &[KernelRoute]) -> RouteDiff {
     let mut out = RouteDiff::default();
+    // By destination: 5,000 peers must not cost 25 million comparisons.
+    let mut by_dst: HashMap<IpNetwork, Vec<&KernelRoute>> = HashMap::new();
+    for k in have {
+        by_dst.entry(k.dst).or_default().push(k);
+    }
+    let none = Vec::new();
+    let at = |dst: &IpNetwork| by_dst.get(dst).unwrap_or(&none);
     for w in want {
-        if have.iter().any(|k| w.matches(k)) {
+        let here = at(&w.dst);
+        if here.iter().any(|k| w.matches(k)) {
             out.in_place += 1;
-        } else if let Some(k) = have.iter().find(|k| k.proto != PROTO && k.dst == w.dst) {
-            out.foreign.push((w.clone(), k.clone()));
+        } else if let Some(k) = here.iter().find(|k| k.proto != PROTO) {
+            out.foreign.push((w.clone(), (*k).clone()));
         } else {
             out.replace.push(w.clone());
         }
     }
+    let wanted: HashMap<IpNetwork, &OwnedRoute> = want.iter().map(|w| (w.dst, w)).collect();
+    let replaced: HashSet<IpNetwork> = out.replace.iter().map(|w| w.dst).collect();
     for k in have.iter().filter(|k| k.proto == PROTO) {
-        let wanted = want.iter().any(|w| w.matches(k));
+        let kept = wanted.get(&k.dst).is_some_and(|w| w.matches(k));
         // A replace overwrites the route of the same destination and metric; anything else of
         // ours that is not wanted goes.
-        let overwritten = k.metric == 0 && out.replace.iter().any(|w| w.dst == k.dst);
-        if !wanted && !overwritten {
+        let overwritten = k.metric == 0 && replaced.contains(&k.dst);
+        if !kept && !overwritten {
             out.remove.push(k.clone());
         }
     }
@@ -186,7 +196,12 @@ pub fn diff_routes(want: &[OwnedRoute], have: &[KernelRoute]) -> RouteDiff {
 
 /// What to set and remove in a set of entries (neighbours or FDB entries of our own device).
 pub fn diff_entries(want: &BTreeSet<Entry>, have: &[Entry]) -> (Vec<Entry>, Vec<Entry>) {
-    let set: Vec<Entry> = want.iter().filter(|w| !have.contains(w)).cloned().collect();
+    let present: BTreeSet<&Entry> = have.iter().collect();
+    let set: Vec<Entry> = want
+        .iter()
+        .filter(|w| !present.contains(w))
+        .cloned()
+        .collect();
     let remove: Vec<Entry> = have.iter().filter(|h| !want.contains(h)).cloned().collect();
     (set, remove)
 }
