@@ -116,6 +116,25 @@ impl Node {
         text
     }
 
+    /// `holdfast doctor --json` in this node's netns.
+    fn doctor(&self) -> Value {
+        let conf = self.w.state_dir.join("conf.json").display().to_string();
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.w.node,
+                BIN,
+                "doctor",
+                "--json",
+                "--conf",
+                &conf,
+            ])
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
     /// A pod on this node through the real ADD; returns its netns path and address.
     fn pod(&mut self, mode: &str, cid: &str) -> (String, String) {
         let ns = self.w.pod();
@@ -259,6 +278,23 @@ fn direct_mode_routes_pods_across_one_segment_and_leaves_foreign_routes() {
         "{all}"
     );
     assert!(n1.w.ping(&p1, &a2), "pod n1 -> pod n2 after the prune");
+    // doctor: the peers, the table's age, and whether each route is in place.
+    let r = n1.doctor();
+    let peers = &r["routing"]["peers"];
+    assert_eq!(peers[0]["name"], "n2", "{r}");
+    assert_eq!(peers[0]["routes"][0]["inPlace"], true, "{r}");
+    assert!(r["routing"]["ageSeconds"].is_u64(), "{r}");
+    common::ip(&["-n", &n1.w.node, "route", "del", "10.244.2.0/24"]);
+    let r = n1.doctor();
+    assert_eq!(
+        r["routing"]["peers"][0]["routes"][0]["inPlace"], false,
+        "{r}"
+    );
+    let attention = r["attention"].to_string();
+    assert!(
+        attention.contains("route to 10.244.2.0/24 of n2"),
+        "{attention}"
+    );
 }
 
 #[test]
