@@ -64,11 +64,19 @@ impl Node {
         }
     }
 
+    /// The node's config; `mode` may carry `+nomasq` (masquerade off).
     fn conf(&self, mode: &str) -> Value {
         let mut c = self.w.conf("1.0.0", ipam_v4(&self.cidr));
         c["mtu"] = json!(1400);
         c["kubernetes"] = json!({"kubeconfig": "/nonexistent/kubeconfig", "nodeName": self.name});
+        let (mode, nomasq) = match mode.strip_suffix("+nomasq") {
+            Some(m) => (m, true),
+            None => (mode, false),
+        };
         c["routing"] = json!({"mode": mode});
+        if nomasq {
+            c["routing"]["masquerade"] = json!(false);
+        }
         c
     }
 
@@ -787,4 +795,58 @@ fn five_thousand_peers_are_reapplied_from_disk_quickly() {
         cold < std::time::Duration::from_secs(10),
         "cold re-apply took {cold:?}"
     );
+}
+
+/// Masquerade: a pod reaches an address outside every pod CIDR (the segment's host, which has no
+/// route to pods) only through its node's address; pod-to-pod keeps the sender's address (the
+/// receiver only has a route back to the sender's pod CIDR); off, the outside is unreachable.
+#[test]
+#[ignore = "needs root (network namespaces)"]
+fn pods_are_masqueraded_to_the_outside_but_never_to_each_other() {
+    let t = "masq";
+    let seg = lan(t, "m");
+    common::ip(&["-n", &seg.0, "addr", "add", "192.0.2.254/24", "dev", "br0"]);
+    let mut n1 = Node::new(t, "n1", &seg.0, "192.0.2.1", None, "10.244.1.0/24");
+    let mut n2 = Node::new(t, "n2", &seg.0, "192.0.2.2", None, "10.244.2.0/24");
+    write_table(&n1, &[&n2]);
+    write_table(&n2, &[&n1]);
+    n1.routes_apply_ok("direct+nomasq");
+    n2.routes_apply_ok("direct");
+    // (The first ADD of the boot re-applies the table with its own config: masquerade off too.)
+    let (p1, a1) = n1.pod("direct+nomasq", "c1");
+    let (p2, a2) = n2.pod("direct", "c2");
+    assert!(
+        !n1.w.ping(&p1, "192.0.2.254"),
+        "masquerade off: the outside has no way back"
+    );
+    n1.routes_apply_ok("direct");
+    assert!(
+        n1.w.ping(&p1, "192.0.2.254"),
+        "masqueraded to the node's address"
+    );
+    let again = n1.routes_apply_ok("direct");
+    assert!(again.contains("0 placed"), "{again}");
+    assert!(n1.w.ping(&p1, "192.0.2.254"), "idempotent");
+    // p2 can answer only to pod addresses of n1: a masqueraded ping would go unanswered.
+    let ns2 = p2.rsplit('/').next().unwrap();
+    common::ip(&["-n", ns2, "route", "del", "default"]);
+    common::ip(&[
+        "-n",
+        ns2,
+        "route",
+        "add",
+        "10.244.1.0/24",
+        "via",
+        "10.244.2.1",
+        "dev",
+        "eth0",
+    ]);
+    assert!(
+        n1.w.ping(&p1, &a2),
+        "pod n1 -> pod n2 keeps its source address"
+    );
+    assert!(n2.w.ping(&p2, &a1), "pod n2 -> pod n1");
+    // Masquerade off again: holdfast's tables are removed and the outside is unreachable.
+    n1.routes_apply_ok("direct+nomasq");
+    assert!(!n1.w.ping(&p1, "192.0.2.254"), "tables removed");
 }

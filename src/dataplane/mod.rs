@@ -10,6 +10,7 @@ pub mod link;
 pub mod names;
 pub mod neigh;
 pub mod netns;
+pub mod nft;
 pub mod route;
 pub mod sysctl;
 pub mod tc;

@@ -2,12 +2,12 @@
 //! routes, from the desired state of [`super::plan`], changing only what differs. Every step
 //! that fails is reported and the others still run: one bad peer never strands the rest.
 
-use super::conf::RoutingConf;
+use super::conf::{Mode, RoutingConf};
 use super::plan::{self, Connected, Desired};
 use super::table::Table;
 use crate::cni::Result;
 use crate::dataplane::route::{self, KernelRoute, OwnedRoute};
-use crate::dataplane::{Nl, link, neigh, vxlan};
+use crate::dataplane::{Nl, link, neigh, nft, vxlan};
 use futures::StreamExt;
 use serde::Serialize;
 use std::net::IpAddr;
@@ -50,7 +50,29 @@ pub async fn apply(h: &Nl, rc: &RoutingConf, table: &Table) -> Result<Outcome> {
     if vx != 0 {
         entries(h, vx, &d, true, &mut out).await?;
     }
+    masquerade(rc, table, &mut out);
     Ok(out)
+}
+
+/// Traffic from this node's pod CIDRs to anything outside every known pod CIDR leaves with the
+/// node's address; with masquerade off (or nothing known of this node), holdfast's tables go.
+fn masquerade(rc: &RoutingConf, table: &Table, out: &mut Outcome) {
+    let m = table
+        .local
+        .as_ref()
+        .filter(|_| rc.masquerade && rc.mode != Mode::None)
+        .map(|l| nft::Masquerade {
+            local: l.pod_cidrs.clone(),
+            cluster: l
+                .pod_cidrs
+                .iter()
+                .chain(table.peers.values().flat_map(|p| &p.pod_cidrs))
+                .copied()
+                .collect(),
+        });
+    if let Err(e) = nft::apply(m.as_ref()) {
+        out.problems.push(format!("masquerade: {e}"));
+    }
 }
 
 /// The VXLAN device made and tuned, with this node's VTEP addresses `vteps`, or (`None`: not
