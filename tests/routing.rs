@@ -418,6 +418,16 @@ fn vxlan_crosses_a_router_and_comes_back_after_a_cold_boot() {
     let (_p2, a2) = n2.pod("vxlan", "c2");
     assert!(n1.w.ping(&p1, &a2), "pod n1 -> pod n2 through the tunnel");
 
+    // An underlay without room for the VXLAN header below the pod MTU (1400) is reported.
+    common::ip(&["-n", &n1.w.node, "link", "set", "eth0", "mtu", "1420"]);
+    let out = n1.routes_apply("vxlan");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("exceeds eth0's mtu 1420"),
+        "{err}"
+    );
+    common::ip(&["-n", &n1.w.node, "link", "set", "eth0", "mtu", "1500"]);
+
     // Cold boot of n1: every link (veths of pods, the tunnel, the underlay), route, neighbour
     // and FDB entry gone; the underlay comes back as the host's network config would.
     cold_boot(&n1, &r.0, Some("192.0.2.254"));

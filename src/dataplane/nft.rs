@@ -251,3 +251,35 @@ fn wait_ack(s: &Socket, last: u32) -> Result<()> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_return_per_cluster_cidr_then_masq_per_local_cidr() {
+        let n = |s: &str| s.parse::<IpNetwork>().unwrap();
+        let m = Masquerade {
+            local: vec![n("10.1.0.0/24"), n("fd00:1::/64")],
+            cluster: vec![n("10.1.0.0/24"), n("10.2.0.0/24"), n("fd00:1::/64")],
+        };
+        let v4 = family_table(false, &m);
+        // table, chain, 2 returns, 1 masq
+        assert_eq!(v4.len(), 5);
+        let v6 = family_table(true, &m);
+        assert_eq!(v6.len(), 4);
+        let last = format!("{:?}", v4[4]);
+        assert!(
+            last.contains("masq") && last.contains("Offset(12)"),
+            "{last}"
+        );
+        let ret = format!("{:?}", v4[3]);
+        assert!(
+            ret.contains("Return") && ret.contains("Offset(16)"),
+            "{ret}"
+        );
+        // A /32 needs no mask; a /24 does.
+        assert!(!format!("{:?}", matches(n("10.9.9.9/32"), false)).contains("Bitwise"));
+        assert!(format!("{:?}", matches(n("10.9.9.0/24"), false)).contains("Bitwise"));
+    }
+}

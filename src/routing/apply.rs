@@ -105,9 +105,38 @@ async fn device(
             .map(|()| l.index),
         Err(e) => Err(e),
     };
+    let peer = table
+        .peers
+        .values()
+        .find_map(|p| p.address(local.is_ipv6()));
+    if let Some(p) = underlay_mtu_problem(h, peer, rc.mtu).await {
+        out.problems.push(p);
+    }
     made.unwrap_or_else(|e| {
         out.problems.push(e.to_string());
         0
+    })
+}
+
+/// Whether the link tunnelled packets leave by (towards `peer`, a peer's underlay address)
+/// leaves room for the VXLAN header above the pod MTU; a sentence when it does not (tunnelled
+/// packets that big would be dropped).
+async fn underlay_mtu_problem(h: &Nl, peer: Option<IpAddr>, pod: Option<u32>) -> Option<String> {
+    let (pod, peer) = (pod?, peer?);
+    let overhead = if peer.is_ipv6() {
+        70
+    } else {
+        super::conf::VXLAN_OVERHEAD_V4
+    };
+    let (oif, _) = route::lookup(h, peer).await.ok()??;
+    let l = link::by_index(h, oif?).await.ok()??;
+    let under = l.mtu?;
+    (pod.saturating_add(overhead) > under).then(|| {
+        format!(
+            "pod mtu {pod} + {overhead} bytes of VXLAN header exceeds {}'s mtu {under}: set mtu to at most {}",
+            l.name,
+            under.saturating_sub(overhead)
+        )
     })
 }
 
