@@ -182,8 +182,9 @@ async fn list_all(api: &Api<Node>) -> Result<(Vec<Peer>, String)> {
 }
 
 /// Watches from `rv`, handing each batch of ready events to `on_batch`; returns the last
-/// resourceVersion seen when the server ends the watch on time. `Err` on expiry (410) or a
-/// broken stream: the caller lists again.
+/// resourceVersion seen when the watch ends (on time, or broken) for the caller to watch again
+/// from. `Err` when it cannot be opened or the server ends it with an error (410 Gone: expired):
+/// the caller lists again.
 async fn watch<F, Fut>(api: &Api<Node>, rv: &str, mut on_batch: F) -> Result<String>
 where
     F: FnMut(Vec<WatchEvent<Node>>) -> Fut,
@@ -196,11 +197,21 @@ where
         .map_err(|e| api_error("watching Nodes", &e))?;
     let mut stream = std::pin::pin!(stream);
     let mut last = rv.to_string();
-    while let Some(first) = stream
-        .try_next()
-        .await
-        .map_err(|e| api_error("watching Nodes", &e))?
-    {
+    loop {
+        let first = match stream.try_next().await {
+            Ok(Some(ev)) => ev,
+            Ok(None) => break,
+            // A broken stream (the body cap, a reset) loses nothing: the watch is re-opened from
+            // the last resourceVersion seen, after a pause; only expiry (410) needs a list.
+            Err(e) => {
+                tracing::info!(
+                    "{}; watching again from {last}",
+                    api_error("the Node watch broke", &e)
+                );
+                tokio::time::sleep(BACKOFF_MIN).await;
+                break;
+            }
+        };
         let mut batch = vec![first];
         // Whatever else has already arrived goes into the same apply.
         while let Some(Some(Ok(ev))) = stream.next().now_or_never() {
