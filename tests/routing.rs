@@ -798,6 +798,7 @@ fn five_thousand_peers_are_reapplied_from_disk_quickly() {
     let again = n1.routes_apply_ok("vxlan");
     let warm = start.elapsed();
     assert!(again.contains("routes 5000 in place, 0 placed"), "{again}");
+    assert!(again.contains("0 neighbour/FDB entries set"), "{again}");
     let n = n1.own_routes().lines().count();
     assert_eq!(n, 5000);
     eprintln!("5000 peers (vxlan): cold re-apply {cold:?}, all in place {warm:?}");

@@ -10,6 +10,9 @@ use netlink_packet_route::neighbour::{
 };
 use std::net::IpAddr;
 
+/// `NUD_PERMANENT` from `linux/neighbour.h`.
+const NUD_PERMANENT: u16 = 0x80;
+
 /// A permanent entry on one link: `ip` -> `mac` (a neighbour), or `mac` -> `ip` (an FDB entry:
 /// frames for `mac` are tunnelled to the node at `ip`).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -75,7 +78,9 @@ async fn dump(h: &Nl, index: u32, family: AddressFamily) -> Result<Vec<Entry>> {
             .map_err(|e| super::nl_error("listing neighbours", &e))?;
     Ok(msgs
         .iter()
-        .filter(|m| m.header.ifindex == index && m.header.state == NeighbourState::Permanent)
+        // Permanent, whatever other state bits come with it (a combination is no single state
+        // to compare with).
+        .filter(|m| m.header.ifindex == index && u16::from(m.header.state) & NUD_PERMANENT != 0)
         .filter_map(entry)
         .collect())
 }
@@ -87,6 +92,13 @@ fn entry(m: &NeighbourMessage) -> Option<Entry> {
             NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => ip = Some(IpAddr::V4(*v)),
             NeighbourAttribute::Destination(NeighbourAddress::Inet6(v)) => {
                 ip = Some(IpAddr::V6(*v))
+            }
+            // In a bridge-family (FDB) dump the destination comes back as raw bytes.
+            NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
+                ip = <[u8; 4]>::try_from(b.as_slice())
+                    .map(IpAddr::from)
+                    .or_else(|_| <[u8; 16]>::try_from(b.as_slice()).map(IpAddr::from))
+                    .ok()
             }
             NeighbourAttribute::LinkLayerAddress(l) => mac = <[u8; 6]>::try_from(l.as_slice()).ok(),
             _ => {}
