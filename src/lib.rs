@@ -13,5 +13,6 @@ mod failpoint;
 mod ipam;
 mod plugin;
 mod proc;
+mod routing;
 pub mod runtime;
 mod state;

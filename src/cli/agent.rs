@@ -118,6 +118,8 @@ fn run(
     // waiter below takes them.
     stop.thread_block()
         .map_err(|e| Error::Internal(format!("blocking signals: {e}")))?;
+    // The Node watch runs on a thread of its own, started after the mask so it inherits it.
+    crate::routing::watch::start(&conf.routing, &conf.state_dir, &kube);
     let agent = std::sync::Arc::new(Agent::new(conf, kube));
     crate::runtime::block_on(async move {
         if let Some(addr) = metrics_addr {

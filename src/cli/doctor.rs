@@ -30,6 +30,7 @@ pub struct Report {
     /// Dead attachments holdfast released itself (after a reboot, or when a range was full),
     /// oldest first, with when and why.
     pub reclaimed: Vec<crate::plugin::reclaim::Reclaimed>,
+    pub routing: Option<crate::routing::doctor::Report>,
     /// Everything that needs attention, one sentence each; empty when all is well.
     pub attention: Vec<String>,
 }
@@ -113,6 +114,13 @@ pub async fn run(path: Option<PathBuf>, conf: Result<Conf, String>) -> Report {
     let owned = sections(&mut r, &conf, true).await;
     links_section(&mut r, &owned.links).await;
     leases_section(&mut r, &conf, &owned.owners);
+    r.routing = crate::routing::doctor::report(
+        &conf.routing,
+        &conf.state_dir,
+        conf.kubernetes.as_ref(),
+        &mut r.attention,
+    )
+    .await;
     r
 }
 
@@ -415,6 +423,7 @@ pub fn render(r: &Report) -> String {
         r.attachments.saturating_sub(gone),
         r.reclaimed.len()
     );
+    o += &crate::routing::doctor::render(r.routing.as_ref());
     render_reclaimed(&mut o, r);
     let a = &r.adds;
     o += &format!(

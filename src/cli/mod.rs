@@ -8,6 +8,7 @@ mod doctor;
 mod install;
 mod logging;
 mod metrics;
+mod routes;
 
 use crate::cni::config::{config_version, read_json};
 use crate::cni::version::{LATEST, SUPPORTED};
@@ -118,6 +119,8 @@ fn about() -> String {
          {NAME} agent [--conf PATH] [--check] [--metrics-addr ADDR:PORT]\n                               \
          keep the cache warm and the token current (DaemonSet);\n                               \
          with --metrics-addr: /metrics, /healthz, /readyz\n  \
+         {NAME} routes apply [--conf PATH]\n                               \
+         re-apply the persisted peer table now (boot unit)\n  \
          {NAME} version                print this text\n",
         SUPPORTED.join(", ")
     )
@@ -133,6 +136,7 @@ fn subcommand(args: Vec<String>) -> i32 {
         Some("doctor") => doctor_cmd(&args[1..]),
         Some("install") => install::main(&args[1..]),
         Some("agent") => agent::main(&args[1..]),
+        Some("routes") => routes::main(&args[1..]),
         Some(other) => {
             eprintln!("{NAME}: unknown subcommand {other:?}\n");
             eprint!("{}", about());

@@ -140,7 +140,7 @@ pub async fn load_config(kube: &KubeConf) -> Result<Base, Attempt> {
 
 impl Base {
     /// This config with its credentials resolved (exec plugin run), before `deadline`.
-    async fn with_credentials(&self, deadline: Instant) -> Result<Config, Attempt> {
+    pub async fn with_credentials(&self, deadline: Instant) -> Result<Config, Attempt> {
         let mut cfg = self.cfg.clone();
         // `resolve` keeps the deadline itself (and kills an exec plugin's whole process group
         // when it passes); this outer bound only catches what it could not.
@@ -333,7 +333,7 @@ fn server_of(cfg: &Config) -> (String, String) {
 }
 
 /// A client whose response bodies are cut off at [`MAX_BODY`].
-fn client(cfg: Config) -> Result<Client, (Kind, String)> {
+pub fn client(cfg: Config) -> Result<Client, (Kind, String)> {
     let builder = kube::client::ClientBuilder::try_from(cfg).map_err(|e| classify(&e))?;
     Ok(builder
         .with_layer(&tower::util::MapResponseLayer::new(limit_body))

@@ -8,10 +8,13 @@
 pub mod addr;
 pub mod link;
 pub mod names;
+pub mod neigh;
 pub mod netns;
+pub mod nft;
 pub mod route;
 pub mod sysctl;
 pub mod tc;
+pub mod vxlan;
 
 use crate::cni::{Error, Result};
 use futures::StreamExt;

@@ -57,6 +57,13 @@ pub async fn add(req: &Add) -> Result<CniResult> {
     let lock = state::lock_attachment(&conf.state_dir, conf.name(), &req.att)?;
     failpoint::hit("add-locked");
     reclaim::after_reboot(&host, conf, &req.path).await;
+    crate::routing::after_reboot(
+        &host,
+        &conf.routing,
+        &conf.state_dir,
+        conf.kubernetes.as_ref(),
+    )
+    .await;
     let names = Names::of(cid, ifname);
     let target = target(req);
     clear_previous_attempt(&host, req, &names, &plan, &target, lock.existed).await?;

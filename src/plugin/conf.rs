@@ -51,6 +51,7 @@ pub struct Conf {
     pub dns: Dns,
     pub kubernetes: Option<KubeConf>,
     pub bandwidth: BandwidthConf,
+    pub routing: crate::routing::RoutingConf,
     /// GC's list of attachments to keep; `None` when the runtime sent none.
     pub valid_attachments: Option<Vec<AttachmentId>>,
 }
@@ -69,6 +70,7 @@ struct Wire {
     #[serde(default)]
     dns: Option<Dns>,
     kubernetes: Option<KubeConf>,
+    routing: Option<crate::routing::conf::Wire>,
     #[serde(flatten)]
     bandwidth: BandwidthConf,
     #[serde(rename = "cni.dev/valid-attachments")]
@@ -103,6 +105,7 @@ impl Conf {
             dns: w.dns.unwrap_or_default(),
             kubernetes: w.kubernetes,
             bandwidth: w.bandwidth,
+            routing: crate::routing::RoutingConf::resolve(w.routing, w.mtu)?,
             valid_attachments: w.valid_attachments.or(w.attachments),
         })
     }
