@@ -29,6 +29,8 @@ die() { echo "install.sh: ERROR: $*" >&2; exit 1; }
 [ "$(id -u)" -eq 0 ] || die "run as root (sudo ./install.sh)"
 
 uninstall() {
+  # Routes between nodes, the VXLAN device and the masquerade tables, before the binary goes.
+  if [ -x "$BIN_DIR/holdfast" ]; then "$BIN_DIR/holdfast" routes clear || say "routes clear reported problems (above)"; fi
   rm -f "$BIN_DIR/holdfast"
   # `holdfast install` wrote it (keeping an older cniVersion, so it may differ from $CONFLIST);
   # left behind without the binary it would name a plugin that is gone.

@@ -109,6 +109,25 @@ impl Node {
             .unwrap()
     }
 
+    /// `holdfast routes clear` in this node's netns; its output (it must succeed).
+    fn routes_clear(&self) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.w.node, BIN, "routes", "clear"])
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success(),
+            "routes clear on {}: {text}",
+            self.name
+        );
+        text
+    }
+
     fn routes_apply_ok(&self, mode: &str) -> String {
         let out = self.routes_apply(mode);
         let text = format!(
@@ -459,6 +478,19 @@ fn vxlan_crosses_a_router_and_comes_back_after_a_cold_boot() {
         n1.w.ping(&pod, &a2),
         "the first ADD of the boot restored pod n1 -> pod n2"
     );
+
+    // `routes clear` (what install.sh --uninstall runs): the device and every own route go
+    // (the onlink routes with the device).
+    let before = n1.own_routes();
+    assert!(before.contains("holdfast-vx"), "{before}");
+    n1.routes_clear();
+    assert_eq!(n1.own_routes(), "", "{}", n1.routes());
+    assert!(
+        !n1.routes().contains("holdfast-vx"),
+        "the VXLAN device is gone: {}",
+        common::ip(&["-n", &n1.w.node, "link", "show"])
+    );
+    assert!(!n1.w.ping(&pod, &a2), "nothing routes to n2 any more");
 }
 
 /// n1 and n3 share a segment, n2 is behind the router: auto routes n3 directly, n2 by VXLAN.
@@ -713,6 +745,8 @@ fn the_agent_reconciles_only_after_a_full_list_and_follows_the_watch() {
         &conf_path.display().to_string(),
         "--sa-dir",
         "/nonexistent",
+        "--metrics-addr",
+        "127.0.0.1:19473",
     ]);
     // On start, from disk; with the list failing, nothing is pruned.
     wait_until(&n1, "re-applied from disk", &|| {
@@ -754,6 +788,31 @@ fn the_agent_reconciles_only_after_a_full_list_and_follows_the_watch() {
     wait_until(&n1, "n3 from the watch", &|| {
         n1.own_routes().contains("10.244.3.0/24 via 192.0.2.3")
     });
+    // The agent's metrics say the same: two peers, both routes in place.
+    let scrape = || {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &n1.w.node,
+                "curl",
+                "-s",
+                "http://127.0.0.1:19473/metrics",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    wait_until(&n1, "peers in the metrics", &|| {
+        scrape().contains("holdfast_peers 2")
+    });
+    let m = scrape();
+    assert!(
+        m.contains("holdfast_routes{state=\"in_place\"} 2")
+            && m.contains("holdfast_routes{state=\"missing\"} 0")
+            && m.contains("holdfast_peer_table_age_seconds"),
+        "{m}"
+    );
     drop(stale);
 }
 
@@ -860,4 +919,11 @@ fn pods_are_masqueraded_to_the_outside_but_never_to_each_other() {
     // Masquerade off again: holdfast's tables are removed and the outside is unreachable.
     n1.routes_apply_ok("direct+nomasq");
     assert!(!n1.w.ping(&p1, "192.0.2.254"), "tables removed");
+    // And on again, then `routes clear`: the routes and the table go.
+    n1.routes_apply_ok("direct");
+    assert!(n1.w.ping(&p1, "192.0.2.254"), "masqueraded again");
+    let out = n1.routes_clear();
+    assert!(out.contains("removed 1 of holdfast's routes"), "{out}");
+    assert!(!n1.w.ping(&p1, "192.0.2.254"), "masquerade table cleared");
+    assert!(!n1.w.ping(&p1, &a2), "route to n2 cleared");
 }

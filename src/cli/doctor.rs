@@ -124,11 +124,19 @@ pub async fn run(path: Option<PathBuf>, conf: Result<Conf, String>) -> Report {
     r
 }
 
-/// What this node's own files say, without asking the API or the kernel: what the agent's
-/// metrics report (metrics.rs), so the two always show the same facts.
+/// What this node's own files say, and its routes to the peers (one route dump), without
+/// asking the API: what the agent's metrics report (metrics.rs), so the two always show the
+/// same facts.
 pub async fn local(conf: &Conf) -> Report {
     let mut r = Report::default();
     sections(&mut r, conf, false).await;
+    r.routing = crate::routing::doctor::report(
+        &conf.routing,
+        &conf.state_dir,
+        conf.kubernetes.as_ref(),
+        &mut r.attention,
+    )
+    .await;
     r
 }
 

@@ -117,9 +117,7 @@ impl Agent {
 /// One section of the exposition: registers its families, filled from the report.
 type Section = fn(&mut Registry, &Report, u64);
 
-/// Every section, in the order they are exposed. Peers and routes (SPEC §9) go here as one more
-/// section once routing persists its peer table: e.g. `holdfast_peers`, `holdfast_routes`
-/// (`state="in_place|missing"`), read from what `doctor` reports about them.
+/// Every section, in the order they are exposed.
 const SECTIONS: &[Section] = &[
     build_info,
     cluster_info,
@@ -127,6 +125,7 @@ const SECTIONS: &[Section] = &[
     adds,
     ipam,
     attachments,
+    routing,
 ];
 
 fn build_info(reg: &mut Registry, _: &Report, _: u64) {
@@ -278,6 +277,36 @@ fn attachments(reg: &mut Registry, r: &Report, _: u64) {
         "When holdfast last released a dead attachment (Unix time; NaN if never)",
         Unit::Seconds,
         last,
+    );
+}
+
+/// Peers and routes (SPEC §9), as doctor reports them: nothing in routing mode `none`.
+fn routing(reg: &mut Registry, r: &Report, _: u64) {
+    let Some(rt) = r.routing.as_ref() else { return };
+    let peers = Gauge::<i64>::default();
+    peers.set(i64::try_from(rt.peers.len()).unwrap_or(i64::MAX));
+    reg.register("peers", "Other nodes in the persisted peer table", peers);
+    let routes = Family::<Labels, Gauge>::default();
+    let all = rt.peers.iter().flat_map(|p| &p.routes);
+    let placed = all.clone().filter(|x| x.in_place).count();
+    let missing = all.count().saturating_sub(placed);
+    for (state, n) in [("in_place", placed), ("missing", missing)] {
+        routes
+            .get_or_create(&vec![("state", state.to_string())])
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+    reg.register(
+        "routes",
+        "Routes to the peers' pod CIDRs that the table wants: in place in the kernel, or missing",
+        routes,
+    );
+    let age = FloatGauge::default();
+    age.set(rt.age_seconds.map(|a| a as f64).unwrap_or(f64::NAN));
+    reg.register_with_unit(
+        "peer_table_age",
+        "Since the peer table last matched a full list of Nodes (NaN: never)",
+        Unit::Seconds,
+        age,
     );
 }
 

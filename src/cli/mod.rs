@@ -121,6 +121,7 @@ fn about() -> String {
          with --metrics-addr: /metrics, /healthz, /readyz\n  \
          {NAME} routes apply [--conf PATH]\n                               \
          re-apply the persisted peer table now (boot unit)\n  \
+         {NAME} routes clear           remove every route, device and table routing made\n  \
          {NAME} version                print this text\n",
         SUPPORTED.join(", ")
     )

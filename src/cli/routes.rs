@@ -1,5 +1,6 @@
 //! `holdfast routes apply [--conf PATH]`: re-applies the persisted peer table (SPEC §9) now,
-//! without the API: what a host boot unit runs before the kubelet.
+//! without the API: what a host boot unit runs before the kubelet. `holdfast routes clear`:
+//! removes every route, device and table routing made (what an uninstall runs).
 
 use super::{NAME, conf_arg, conffile, logging};
 use crate::routing;
@@ -7,8 +8,9 @@ use crate::routing;
 pub fn main(args: &[String]) -> i32 {
     match args.first().map(String::as_str) {
         Some("apply") => apply(&args[1..]),
+        Some("clear") if args.len() == 1 => clear(),
         _ => {
-            eprintln!("usage: {NAME} routes apply [--conf PATH]");
+            eprintln!("usage: {NAME} routes apply [--conf PATH] | {NAME} routes clear");
             2
         }
     }
@@ -65,6 +67,30 @@ fn apply(args: &[String]) -> i32 {
         }
         Err(e) => {
             eprintln!("{NAME} routes apply: {e}");
+            1
+        }
+    }
+}
+
+fn clear() -> i32 {
+    logging::init(None, "info");
+    let done = crate::runtime::block_on(async {
+        let host = crate::dataplane::Host::connect()?;
+        routing::clear(&host).await
+    });
+    match done {
+        Ok(out) => {
+            println!(
+                "removed {} of holdfast's routes, its VXLAN device and masquerade tables",
+                out.routes_removed
+            );
+            for p in &out.problems {
+                eprintln!("  {p}");
+            }
+            i32::from(!out.problems.is_empty())
+        }
+        Err(e) => {
+            eprintln!("{NAME} routes clear: {e}");
             1
         }
     }

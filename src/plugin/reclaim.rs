@@ -159,7 +159,7 @@ async fn orphan(net: &Net<'_>, batch: &Batch, id: &AttachmentId) -> Result<Optio
 /// and every orphan lease (nothing of an earlier boot can be in progress), then remembers the
 /// boot. Cheap otherwise: one small file read.
 pub async fn after_reboot(host: &Host, conf: &Conf, path: &[PathBuf]) {
-    let Some(now) = state::boot_id() else { return };
+    let Some(now) = state::boot_key() else { return };
     let file = conf.state_dir.join("boot").join(conf.name());
     let seen = atomic::read(&file, 256).ok().flatten();
     if seen.as_deref() == Some(now.as_bytes()) {

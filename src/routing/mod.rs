@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 /// 5,000 peers take well under a second.
 pub const BUDGET: Duration = Duration::from_secs(5);
 const LOCK: &str = "peers.lock";
-/// The boot ID the table was last re-applied in.
+/// The boot (`state::boot_key`: boot ID and the node's netns) the table was last re-applied in.
 const BOOT: &str = "peers.boot";
 
 /// This node's name: `kubernetes.nodeName`, else the host name.
@@ -76,6 +76,14 @@ pub async fn bounded<T>(deadline: Instant, f: impl Future<Output = Result<T>>) -
     })
 }
 
+/// Removes everything routing ever programmed on this node: every route with holdfast's protocol
+/// number, the VXLAN device (its neighbour and FDB entries go with it) and the masquerade tables.
+/// It is an apply of nothing, so it touches exactly what an apply owns (`holdfast routes clear`,
+/// run by `install.sh --uninstall`).
+pub async fn clear(h: &Nl) -> Result<apply::Outcome> {
+    apply::apply(h, &RoutingConf::default(), &table::Table::default()).await
+}
+
 /// On the first verb of a new boot (the kernel has forgotten every route, neighbour and FDB
 /// entry), re-applies the table from disk; cheap otherwise (one small file read). Never fails
 /// the verb: what went wrong is logged, and the next verb tries again.
@@ -83,7 +91,7 @@ pub async fn after_reboot(h: &Nl, rc: &RoutingConf, state_dir: &Path, kube: Opti
     if rc.mode == conf::Mode::None {
         return;
     }
-    let Some(now) = crate::state::boot_id() else {
+    let Some(now) = crate::state::boot_key() else {
         return;
     };
     let marker = state_dir.join(BOOT);

@@ -183,6 +183,23 @@ pub fn boot_id() -> Option<String> {
         .clone()
 }
 
+/// What a boot is to holdfast: the kernel's boot ID and the identity of the network namespace
+/// holdfast runs in (the node's). Everything it programs lives there, and a new kernel or a new
+/// namespace (a node that is itself a container, as kind's are, or the cluster e2e's nodes) has
+/// forgotten it alike: links, routes, neighbour and FDB entries, the pods' namespaces. The
+/// first verb of a new boot reclaims dead attachments and re-applies the peer table.
+pub fn boot_key() -> Option<String> {
+    static KEY: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| {
+        let id = boot_id()?;
+        Some(match netns::probe(Path::new("/proc/self/ns/net")) {
+            netns::Probe::Netns(NetnsId { dev, ino }) => format!("{id} netns {dev}:{ino}"),
+            _ => id,
+        })
+    })
+    .clone()
+}
+
 /// Container IDs longer than this get a hashed file name.
 const READABLE_ID: usize = 128;
 
@@ -637,6 +654,12 @@ mod tests {
         });
         assert!(!r.netns_alive(), "another namespace at the same path");
         assert_eq!(netns::identity(Path::new("/proc/self/ns/mnt")), None);
+    }
+
+    #[test]
+    fn a_boot_is_the_kernel_boot_and_the_node_netns() {
+        let (id, key) = (boot_id().unwrap(), boot_key().unwrap());
+        assert!(key.starts_with(&id) && key.contains(" netns "), "{key}");
     }
 
     #[test]
