@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# holdfast against a real kube-apiserver (1.20.2, built from Debian's source package by build.sh)
-# and Debian's etcd, all inside a private node netns:
+# holdfast against a real kube-apiserver and etcd (the current stack of tests/stack/build.sh), all
+# inside a private node netns:
 #   1. `holdfast sync` and ADD read the real Node's podCIDRs with the least-privileged RBAC of
-#      conf/kubernetes/holdfast.yaml (1.20 serves no discovery.k8s.io/v1: Endpoints fallback);
+#      conf/kubernetes/holdfast.yaml (the apiserver's addresses from the default/kubernetes
+#      EndpointSlice, read by name under the manifest's Role);
 #   2. a token without rights (403) falls back to the cache;
 #   3. with the apiserver stopped, ADD still succeeds from the cache.
 # Run as root; prints "apiserver e2e: N passed, M failed".
@@ -11,8 +12,10 @@ cd "$(dirname "$0")/../.."
 HF=${HOLDFAST_BIN:-target/debug/holdfast}
 [ -x "$HF" ] || cargo build --quiet --bin holdfast
 HF=$(realpath "$HF")
-APISERVER=$(tests/apiserver/build.sh) || { echo "apiserver e2e: could not build kube-apiserver" >&2; exit 1; }
-command -v etcd >/dev/null || { apt-get install -y -qq etcd-server >/dev/null; }
+STACK=$(tests/stack/build.sh) || { echo "apiserver e2e: could not build the current stack" >&2; exit 1; }
+APISERVER=$STACK/kube-apiserver
+export PATH="$STACK:$PATH" # its etcd
+KVER=$("$STACK/kubectl" version --client -o json 2>/dev/null | grep -o '"gitVersion": *"v[^"]*"' | head -1 | grep -o '[0-9][0-9.]*')
 
 TAG="hfapi$$"
 NODE="$TAG-node"
@@ -57,7 +60,7 @@ ip netns exec "$NODE" etcd --data-dir "$WORK/etcd" --listen-client-urls http://1
 PIDS+=($!)
 start_apiserver() {
   ip netns exec "$NODE" "$APISERVER" --etcd-servers=http://127.0.0.1:2379 --secure-port=443 --bind-address=0.0.0.0 \
-    --advertise-address=10.44.0.5 --insecure-port=0 --tls-cert-file="$WORK/apiserver.crt" \
+    --advertise-address=10.44.0.5 --tls-cert-file="$WORK/apiserver.crt" \
     --tls-private-key-file="$WORK/apiserver.key" --client-ca-file="$WORK/ca.crt" \
     --token-auth-file="$WORK/tokens.csv" --authorization-mode=RBAC \
     --service-account-key-file="$WORK/sa.pub" --service-account-signing-key-file="$WORK/sa.key" \
@@ -76,7 +79,7 @@ api() { # METHOD PATH [BODY-FILE] (as admin)
     -H 'Content-Type: application/yaml' ${3:+--data-binary @"$3"} "https://10.43.0.1$2"
 }
 start_apiserver || exit 1
-ok "kube-apiserver 1.20.2 ready at 10.43.0.1:443 (advertised 10.44.0.5:443)"
+ok "kube-apiserver $KVER ready at 10.43.0.1:443 (advertised 10.44.0.5:443)"
 
 cat > "$WORK/node.yaml" <<YAML
 apiVersion: v1

@@ -39,9 +39,7 @@ current-context: c
 KC
 }
 
-# Started with nsenter directly (not through a function), so $! is the server itself. With CURRENT
-# the flags that Kubernetes 1.24 removed (--insecure-port, --port) are left out.
-legacy() { [ -n "$CURRENT" ] || echo "$@"; }
+# Started with nsenter directly (not through a function), so $! is the server itself.
 control_plane() {
   ip netns add "$CP" || return 1
   ip -n "$CP" link set lo up
@@ -62,7 +60,7 @@ control_plane() {
     >"$W/etcd.log" 2>&1 &
   PIDS+=($!)
   nsenter --net="/var/run/netns/$CP" "$K/kube-apiserver" --etcd-servers=http://127.0.0.1:2379 --secure-port=6443 --bind-address=0.0.0.0 \
-    --advertise-address=10.44.0.5 $(legacy --insecure-port=0) --tls-cert-file="$P/apiserver.crt" \
+    --advertise-address=10.44.0.5 --tls-cert-file="$P/apiserver.crt" \
     --tls-private-key-file="$P/apiserver.key" --client-ca-file="$P/ca.crt" --token-auth-file="$P/tokens.csv" \
     --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction \
     --service-account-key-file="$P/sa.pub" --service-account-signing-key-file="$P/sa.key" \
@@ -77,56 +75,25 @@ control_plane() {
   done
   [ -n "$up" ] || { tail -20 "$W/apiserver.log"; return 1; }
   nsenter --net="/var/run/netns/$CP" "$K/kube-controller-manager" --kubeconfig="$W/kcm.kubeconfig" --authentication-kubeconfig="$W/kcm.kubeconfig" \
-    --authorization-kubeconfig="$W/kcm.kubeconfig" --leader-elect=false $(legacy --port=0) --bind-address=127.0.0.1 \
+    --authorization-kubeconfig="$W/kcm.kubeconfig" --leader-elect=false --bind-address=127.0.0.1 \
     --secure-port=10257 --cert-dir="$W/kcm-certs" --allocate-node-cidrs=true --cluster-cidr=10.42.0.0/16 \
     --node-cidr-mask-size=24 --service-cluster-ip-range=10.43.0.0/16 --service-account-private-key-file="$P/sa.key" \
     --root-ca-file="$P/ca.crt" --cluster-signing-cert-file="$P/ca.crt" --cluster-signing-key-file="$P/ca.key" \
     --use-service-account-credentials=false --v=1 >"$W/kcm.log" 2>&1 &
   PIDS+=($!)
   nsenter --net="/var/run/netns/$CP" "$K/kube-scheduler" --kubeconfig="$W/scheduler.kubeconfig" --authentication-kubeconfig="$W/scheduler.kubeconfig" \
-    --authorization-kubeconfig="$W/scheduler.kubeconfig" --leader-elect=false $(legacy --port=0) --bind-address=127.0.0.1 \
+    --authorization-kubeconfig="$W/scheduler.kubeconfig" --leader-elect=false --bind-address=127.0.0.1 \
     --secure-port=10259 --cert-dir="$W/sched-certs" --v=2 >"$W/scheduler.log" 2>&1 &
   PIDS+=($!)
 }
 
-# Node I's files: containerd and kube-proxy configs, kubeconfigs, the reference plugins Debian
-# (or the current stack) ships (no holdfast: the DaemonSet installs it).
+# Node I's files: containerd and kubelet configs, kubeconfigs, the reference plugins of the stack
+# (no holdfast: the DaemonSet installs it).
 node_files() {
   local i=$1 N="$W/n$1"
   mkdir -p "$N"/{opt-cni,etc-cni,containerd/root,containerd/opt,volume-plugins}
   cp "$PLUGINS"/{loopback,host-local,portmap,bandwidth} "$N/opt-cni/"
-  if [ -n "$CURRENT" ]; then current_node_files "$i"; else
-  cat > "$N/containerd.toml" <<TOML
-version = 2
-root = "$N/containerd/root"
-state = "/run/containerd"
-oom_score = 0
-[grpc]
-  address = "$N/containerd.sock"
-[debug]
-  address = ""
-[metrics]
-  address = ""
-[plugins."io.containerd.internal.v1.opt"]
-  path = "$N/containerd/opt"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "docker.io/hf/pause:e2e"
-  restrict_oom_score_adj = true
-  disable_tcp_service = true
-  stream_server_address = "127.0.0.1"
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        SystemdCgroup = false
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/opt/cni/bin"
-    conf_dir = "/etc/cni/net.d"
-    max_conf_num = 1
-TOML
-  fi
+  node_runtime_files "$i"
   local tok; tok=$([ "$i" = 1 ] && echo "$NODE1" || echo "$NODE2")
   kubeconfig "$N/kubelet.kubeconfig" "$tok"
   kubeconfig "$N/kube-proxy.kubeconfig" "$PROXY"
@@ -191,12 +158,12 @@ boot_node() {
   readlink "/proc/$child/ns/pid" > "$W/n$i/pidns"
 }
 
-# The current stack's node files: containerd 2.x (config version 3, the CRI split into its images
-# and runtime plugins, NRI off: its socket would be made in the machine's /var/run/nri) and the
-# kubelet's config file (the flags of 1.20 are gone or deprecated since). Kubernetes >= 1.35 runs on
-# this cgroup-v1 machine only with failCgroupV1: false. The kubelet's API as with 1.20's flag
-# defaults (anonymous, AlwaysAllow): the apiserver reaches it without a client certificate.
-current_node_files() {
+# Node I's runtime and kubelet config: containerd 2.x (config version 3, the CRI split into its
+# images and runtime plugins, NRI off: its socket would be made in the machine's /var/run/nri) and
+# the kubelet's config file. Kubernetes >= 1.35 runs on
+# this cgroup-v1 machine only with failCgroupV1: false. The kubelet's API is anonymous and
+# AlwaysAllow (as the flag defaults once were): the apiserver reaches it without a client certificate.
+node_runtime_files() {
   local i=$1 N="$W/n$1"
   cat > "$N/containerd.toml" <<TOML
 version = 3

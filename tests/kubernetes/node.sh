@@ -13,7 +13,7 @@ log() { echo "$(date +%T.%N | cut -c1-12) node-$I: $*" >> "$N/node.log"; }
 
 hostname "node-$I"
 mkdir -p "$N/manifests"
-# The paths containerd 1.6, the kubelet and the CNI plugins hard-code, per node.
+# The paths containerd, the kubelet and the CNI plugins hard-code, per node.
 for m in /etc/cni/net.d:etc-cni /opt/cni/bin:opt-cni /var/lib/cni:var-lib-cni /run/containerd:run-containerd \
          /var/run/netns:netns /var/lib/kubelet:kubelet /var/log/pods:log-pods /var/log/containers:log-containers; do
   mkdir -p "${m%%:*}" "$N/${m##*:}" && mount --bind "$N/${m##*:}" "${m%%:*}" || { log "mount ${m%%:*} failed"; exit 1; }
@@ -49,22 +49,9 @@ if [ "$MODE" != no-proxy ]; then
 fi
 date +%s.%N > "$N/kubelet.started"
 log "kubelet starting"
-if [ -f "$N/kubelet.yaml" ]; then
-  # The current stack: everything but the node's identity is in the config file.
-  "$K/kubelet" --config="$N/kubelet.yaml" --kubeconfig="$N/kubelet.kubeconfig" --hostname-override="node-$I" \
-    --node-ip="$IP" --address="$IP" --root-dir=/var/lib/kubelet --cert-dir=/var/lib/kubelet/pki --v=2 >> "$N/kubelet.log" 2>&1 &
-else
-"$K/kubelet" --kubeconfig="$N/kubelet.kubeconfig" --hostname-override="node-$I" --node-ip="$IP" --address="$IP" \
-  --root-dir=/var/lib/kubelet --cert-dir=/var/lib/kubelet/pki \
-  --container-runtime=remote --container-runtime-endpoint="unix://$N/containerd.sock" --runtime-request-timeout=2m \
-  --pod-infra-container-image=docker.io/hf/pause:e2e --cgroup-driver=cgroupfs \
-  --cgroups-per-qos=true --cgroup-root="/$(basename "$W")-n$I" --enforce-node-allocatable=pods \
-  --pod-manifest-path="$N/manifests" --fail-swap-on=false --protect-kernel-defaults=true --oom-score-adj=0 \
-  --volume-plugin-dir="$N/volume-plugins" --resolv-conf="$W/resolv.conf" --cluster-domain=cluster.local \
-  --eviction-hard="memory.available<100Mi,nodefs.available<1%,imagefs.available<1%,nodefs.inodesFree<1%" \
-  --healthz-bind-address=127.0.0.1 --read-only-port=0 --register-node=true --sync-frequency=10s \
-  --v=2 >> "$N/kubelet.log" 2>&1 &
-fi
+# Everything but the node's identity is in the config file (tests/kubernetes/cluster.sh).
+"$K/kubelet" --config="$N/kubelet.yaml" --kubeconfig="$N/kubelet.kubeconfig" --hostname-override="node-$I" \
+  --node-ip="$IP" --address="$IP" --root-dir=/var/lib/kubelet --cert-dir=/var/lib/kubelet/pki --v=2 >> "$N/kubelet.log" 2>&1 &
 # PID 1 of the namespace: when it returns, everything here is killed.
 wait "$CTRD"
 log "containerd exited"

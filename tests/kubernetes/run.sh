@@ -1,40 +1,37 @@
 #!/usr/bin/env bash
-# A real two-node Kubernetes 1.20 cluster with holdfast installed by its DaemonSet and routing
-# between the nodes itself; the incident's night replayed on one node, node-2 moved to another
-# subnet, then the whole cluster's night. Everything runs in namespaces made here, never in the
-# machine's root netns and never touching a machine-wide sysctl:
+# A real two-node cluster on the current stack (tests/stack/build.sh: Kubernetes 1.36 with its
+# etcd, containerd 2.x and the reference plugins 1.9.1 from Debian sid, Debian 12's runc) with
+# holdfast installed by its DaemonSet and routing between the nodes itself; the incident's night
+# replayed on one node, node-2 moved to another subnet, then the whole cluster's night.
+# Everything runs in namespaces made here, never in the machine's root netns and never touching
+# a machine-wide sysctl:
 #   netns CP: etcd, kube-apiserver (10.44.0.5:6443, service VIP 10.43.0.1), controller-manager
 #     (allocates node podCIDRs from 10.42.0.0/16), scheduler; bridges kbr0 (10.44.0.0/24) and
 #     kbr1 (10.44.1.0/24) routed into each other, and no route to any pod CIDR;
 #   node I (1, 2): its own netns (eth0 10.44.S.1I on kbrS), mount, UTS and PID namespace
-#     (tests/kubernetes/node.sh): containerd 1.6, kubelet, kube-proxy (iptables, serves the VIP).
+#     (tests/kubernetes/node.sh): containerd, kubelet (config file), kube-proxy (iptables, serves
+#     the VIP).
 # Both nodes start on kbr0 (holdfast routes directly); node-2 later moves to kbr1 (VXLAN).
 # conf/kubernetes/holdfast.yaml is applied as shipped with the image of scripts/build-image.sh;
-# nothing is installed on the nodes by hand (they start with Debian's reference plugins only).
+# nothing is installed on the nodes by hand (they start with the reference plugins only).
 # Every process is started and stopped by PID, also when the run fails (trap).
 # Run as root; prints one line per check and "kubernetes e2e: N passed, M failed".
-#   tests/kubernetes/run.sh current: the same cluster on the current stack of tests/stack/build.sh
-#   (Kubernetes 1.36, its etcd, containerd 2.x with config version 3 and its reference plugins;
-#   the kubelet from a config file); prints "kubernetes-current e2e: ...".
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
 [ "$(id -u)" -eq 0 ] || { echo "kubernetes e2e: needs root"; exit 1; }
-for p in etcd-server containerd runc busybox-static containernetworking-plugins iptables openssl; do
+# Debian 12's runc and busybox; everything else is the current stack of tests/stack/build.sh.
+for p in runc busybox-static iptables openssl; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' \
     || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$p" >/dev/null
 done
 T_BUILD=$(date +%s)
-CURRENT=""; SUITE=kubernetes; PLUGINS=/usr/lib/cni
-if [ "${1:-}" = current ]; then
-  CURRENT=1; SUITE=kubernetes-current
-  K=$(tests/stack/build.sh) || { echo "$SUITE e2e: could not build the current stack"; exit 1; }
-  PLUGINS=$(realpath "$K/../cni")
-  # etcd, containerd, its shim and ctr of the stack before Debian's, here and in the nodes.
-  export PATH="$K:$PATH"
-else
-  K=$(tests/kubernetes/build.sh) || { echo "kubernetes e2e: could not build Kubernetes"; exit 1; }
-fi
+SUITE=kubernetes
+K=$(tests/stack/build.sh) || { echo "$SUITE e2e: could not build the current stack"; exit 1; }
+PLUGINS=$(realpath "$K/../cni")
+# etcd, containerd, its shim and ctr of the stack before anything of the machine's, here and in
+# the nodes.
+export PATH="$K:$PATH"
 KVER=$("$K/kubectl" version --client -o json 2>/dev/null | grep -o '"gitVersion": *"v[^"]*"' | head -1 | grep -o '[0-9][0-9.]*')
 TAG="kn$$"
 W=$(mktemp -d "/tmp/$TAG.XXXX")
