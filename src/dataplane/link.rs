@@ -56,6 +56,15 @@ fn is_missing(e: &rtnetlink::Error) -> bool {
 }
 
 pub async fn by_name(h: &Nl, name: &str) -> Result<Option<Link>> {
+    Ok(message_by_name(h, name)
+        .await?
+        .as_ref()
+        .map(Link::from_message))
+}
+
+/// The kernel's whole message about link `name` (its attributes: for a VXLAN device, its VNI,
+/// port and local address); `None` when there is no such link.
+pub async fn message_by_name(h: &Nl, name: &str) -> Result<Option<LinkMessage>> {
     match h
         .0
         .link()
@@ -65,7 +74,7 @@ pub async fn by_name(h: &Nl, name: &str) -> Result<Option<Link>> {
         .try_next()
         .await
     {
-        Ok(m) => Ok(m.as_ref().map(Link::from_message)),
+        Ok(m) => Ok(m),
         Err(e) if is_missing(&e) => Ok(None),
         Err(e) => Err(super::nl_error(format!("looking up link {name}"), &e)),
     }

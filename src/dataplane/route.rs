@@ -56,20 +56,24 @@ pub async fn add(h: &Nl, dst: IpNetwork, gw: Option<IpAddr>, oif: u32) -> Result
     .await
 }
 
-/// Routes of one family in the main table.
-pub async fn list(h: &Nl, v6: bool) -> Result<Vec<RouteEntry>> {
+/// Every route of one family, all tables (the kernel's dump).
+async fn dump(h: &Nl, v6: bool) -> Result<Vec<RouteMessage>> {
     let msg = if v6 {
         RouteMessageBuilder::<Ipv6Addr>::new().build()
     } else {
         RouteMessageBuilder::<Ipv4Addr>::new().build()
     };
-    let msgs: Vec<RouteMessage> =
-        h.0.route()
-            .get(msg)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| super::nl_error("listing routes", &e))?;
+    h.0.route()
+        .get(msg)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|e| super::nl_error("listing routes", &e))
+}
+
+/// Routes of one family in the main table.
+pub async fn list(h: &Nl, v6: bool) -> Result<Vec<RouteEntry>> {
+    let msgs = dump(h, v6).await?;
     Ok(msgs
         .iter()
         .filter(|m| m.header.table == RouteHeader::RT_TABLE_MAIN)
@@ -212,18 +216,7 @@ pub async fn delete_owned(h: &Nl, k: &KernelRoute) -> Result<()> {
 pub async fn list_main(h: &Nl) -> Result<Vec<KernelRoute>> {
     let mut out = Vec::new();
     for v6 in [false, true] {
-        let msg = if v6 {
-            RouteMessageBuilder::<Ipv6Addr>::new().build()
-        } else {
-            RouteMessageBuilder::<Ipv4Addr>::new().build()
-        };
-        let msgs: Vec<RouteMessage> =
-            h.0.route()
-                .get(msg)
-                .execute()
-                .try_collect()
-                .await
-                .map_err(|e| super::nl_error("listing routes", &e))?;
+        let msgs = dump(h, v6).await?;
         out.extend(
             msgs.iter()
                 .filter(|m| m.header.table == RouteHeader::RT_TABLE_MAIN)

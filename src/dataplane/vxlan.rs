@@ -3,7 +3,6 @@
 use super::link::{self, Link};
 use super::{Nl, addr};
 use crate::cni::Result;
-use futures::TryStreamExt;
 use ipnetwork::IpNetwork;
 use netlink_packet_route::link::{InfoData, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage};
 use rtnetlink::{LinkUnspec, LinkVxlan};
@@ -57,27 +56,11 @@ fn seen(m: &LinkMessage) -> Seen {
     s
 }
 
-async fn get(h: &Nl, name: &str) -> Result<Option<LinkMessage>> {
-    match h
-        .0
-        .link()
-        .get()
-        .match_name(name.to_string())
-        .execute()
-        .try_next()
-        .await
-    {
-        Ok(m) => Ok(m),
-        Err(e) if matches!(super::errno(&e), Some(libc::ENODEV | libc::ENOENT)) => Ok(None),
-        Err(e) => Err(super::nl_error(format!("looking up link {name}"), &e)),
-    }
-}
-
 /// Makes the device exist as `spec` says, up, and returns it. A device of that name whose VNI,
 /// port or local address differ (this node's address changed) is made anew; its MAC and MTU are
 /// set in place. Address learning is off: every entry is programmed.
 pub async fn ensure(h: &Nl, spec: &Spec) -> Result<Link> {
-    if let Some(m) = get(h, &spec.name).await? {
+    if let Some(m) = link::message_by_name(h, &spec.name).await? {
         let s = seen(&m);
         let want = Seen {
             vxlan: true,
