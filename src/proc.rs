@@ -233,15 +233,7 @@ mod tests {
             "a hang is the failure"
         );
         let pid = std::fs::read_to_string(&pidfile).unwrap();
-        let gone = (0..200).any(|_| {
-            let stat =
-                std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).unwrap_or_default();
-            let gone = stat.is_empty() || stat.contains(") Z ");
-            if !gone {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            gone
-        });
+        let gone = gone_soon(pid.trim());
         assert!(gone, "the child's own child outlived the kill");
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -262,4 +254,17 @@ mod tests {
             .unwrap_err();
         assert!(e.to_string().starts_with("cannot be started"), "{e}");
     }
+}
+
+/// Whether process `pid` is gone (or a zombie) within two seconds: for tests of the kill.
+#[cfg(test)]
+pub(crate) fn gone_soon(pid: &str) -> bool {
+    (0..200).any(|_| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let gone = stat.is_empty() || stat.contains(") Z ");
+        if !gone {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        gone
+    })
 }

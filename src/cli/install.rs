@@ -575,15 +575,7 @@ mod tests {
         let e = run(&s.opts(p)).unwrap_err();
         assert!(e.to_string().contains("no answer to VERSION"), "{e}");
         let pid = std::fs::read_to_string(&pidfile).unwrap();
-        let gone = (0..200).any(|_| {
-            let stat =
-                std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).unwrap_or_default();
-            let gone = stat.is_empty() || stat.contains(") Z ");
-            if !gone {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            gone
-        });
+        let gone = crate::proc::gone_soon(pid.trim());
         assert!(gone, "the self-check's child outlived it");
         assert!(!s.0.join("bin/holdfast").exists());
     }
