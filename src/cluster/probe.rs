@@ -12,7 +12,7 @@
 
 use super::client::{Attempt, Kind};
 use crate::state::{at, atomic, lock};
-use nix::fcntl::{Flock, FlockArg, OFlag};
+use nix::fcntl::{Flock, OFlag};
 use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -130,17 +130,17 @@ pub fn claim(state_dir: &Path) -> Claim {
         Ok(f) => f,
         Err(e) => return unavailable(&e),
     };
-    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        Ok(l) => Claim::Prober(Prober {
+    match lock::try_flock(file, &state_dir.join(LOCK)) {
+        Ok(Ok(l)) => Claim::Prober(Prober {
             state_dir: state_dir.to_path_buf(),
             _lock: Some(l),
         }),
-        Err((file, nix::errno::Errno::EWOULDBLOCK)) => Claim::Busy(Busy {
+        Ok(Err(file)) => Claim::Busy(Busy {
             state_dir: state_dir.to_path_buf(),
             file,
             since,
         }),
-        Err((_, e)) => unavailable(&e),
+        Err(e) => unavailable(&e),
     }
 }
 

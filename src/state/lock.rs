@@ -21,8 +21,9 @@ use std::time::{Duration, Instant};
 /// How long a verb waits for another invocation's lock before giving up with code 11.
 pub const LOCK_WAIT: Duration = Duration::from_secs(10);
 
-/// Locks `file` exclusively without waiting; `Ok(None)` if someone else holds it.
-fn try_flock(file: File, what: &Path) -> Result<std::result::Result<Flock<File>, File>> {
+/// Locks `file` exclusively without waiting; `Ok(Err(file))` (the file back, to wait on later)
+/// if someone else holds it.
+pub fn try_flock(file: File, what: &Path) -> Result<std::result::Result<Flock<File>, File>> {
     match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
         Ok(l) => Ok(Ok(l)),
         Err((f, Errno::EWOULDBLOCK)) => Ok(Err(f)),

@@ -120,7 +120,8 @@ connectivity() {
   read -r a1 n1 ip1 <<<"${A[0]}"; read -r b1 nb ipb <<<"${A[1]}"; read -r c1 nc ipc <<<"${A[2]}"
   kc exec "$a1" -- ping -c1 -W2 "$ipb" >/dev/null 2>&1 && ok "pod to pod on $n1: $ip1 -> $ipb" || bad "ping $ip1 -> $ipb on $n1"
   kc exec "$a1" -- ping -c1 -W2 "$ipc" >/dev/null 2>&1 && ok "pod to pod across nodes ($1): $ip1 ($n1) -> $ipc ($nc)" || bad "ping $ip1 ($n1) -> $ipc ($nc) ($1)"
-  local seen; seen=$(kc exec "$a1" -- sh -c "printf 'GET /cgi-bin/ip HTTP/1.0\\r\\n\\r\\n' | nc -w 3 $ipc 8080" 2>&1 | tail -1 | tr -d '\r')
+  # (httpd listens on a dual-stack socket: an IPv4 peer reads as [::ffff:a.b.c.d].)
+  local seen; seen=$(kc exec "$a1" -- sh -c "printf 'GET /cgi-bin/ip HTTP/1.0\\r\\n\\r\\n' | nc -w 3 $ipc 8080" 2>&1 | tail -1 | tr -d '\r' | sed 's/^\[::ffff:\(.*\)\]$/\1/')
   [ "$seen" = "$ip1" ] && ok "the receiver on $nc sees the sender's pod address ($seen): pod-to-pod is not masqueraded" \
     || bad "the receiver on $nc saw '$seen' for a request from $ip1"
   # busybox's TLS client segfaults: plain HTTP to the TLS port, and the apiserver's answer to it.

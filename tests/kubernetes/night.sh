@@ -25,20 +25,23 @@ YAML
 
 # "IP NETNS" of node $1's static pod from holdfast's own records (the API is not there to ask):
 # while the API is down the static pod is the node's only pod, so its record is the one whose
-# netns exists.
+# netns exists. NETNS is the name under the node's /var/run/netns.
 static_of() {
   local f ns ip
   for f in "$W/n$1/var-lib-cni/holdfast/attachments/holdfast/"*.json; do
     [ -f "$f" ] || continue
-    ns=$(grep -o '"netns": *"[^"]*"' "$f" | sed 's/.*"\([^"]*\)"$/\1/')
-    ip=$(grep -o '"ips": *\[[^]]*' "$f" | grep -o '10\.42\.[0-9]*\.[0-9]*' | head -1)
-    [ -n "$ns" ] && [ -n "$ip" ] && [ -e "$W/n$1/netns/$(basename "$ns")" ] && { echo "$ip $W/n$1/netns/$(basename "$ns")"; return; }
+    ns=$(tr -d ' \n' < "$f" | grep -o '"netns":"[^"]*"' | sed 's/.*"\([^"]*\)"$/\1/')
+    ip=$(tr -d ' \n' < "$f" | grep -o '"ips":\[[^]]*' | grep -o '10\.42\.[0-9]*\.[0-9]*' | head -1)
+    [ -n "$ns" ] && [ -n "$ip" ] && [ -e "$W/n$1/netns/$(basename "$ns")" ] && { echo "$ip $(basename "$ns")"; return; }
   done
 }
-# Node $1's static pod pings node $2's.
+# Node $1's static pod pings node $2's, from inside node $1 (its pod netns are mounts of the
+# node's own mount namespace).
 static_reach() {
-  local a b; read -r _ a <<<"$(static_of "$1")"; read -r b _ <<<"$(static_of "$2")"
-  [ -n "$a" ] && [ -n "$b" ] && nsenter --net="$a" ping -c1 -W1 "$b" >/dev/null 2>&1
+  local a b pid; read -r _ a <<<"$(static_of "$1")"; read -r b _ <<<"$(static_of "$2")"
+  pid=$(pids_of_node "$1" | head -1)
+  [ -n "$a" ] && [ -n "$b" ] && [ -n "$pid" ] \
+    && nsenter -t "$pid" -m ip netns exec "$a" ping -c1 -W1 "$b" >/dev/null 2>&1
 }
 node_pods_live() { pods 'app in (web,drill,static)' | awk -v n="node-$1" '$2 == n && $4 == "Running"' | wc -l; }
 
@@ -84,7 +87,17 @@ night() {
       "$K/kube-proxy" --config="$W/n$i/kube-proxy.yaml" --v=1 >> "$W/n$i/kube-proxy.log" 2>&1 & )
   done
   t_up=$(date +%s)
-  if wait_for 120 node_ready 1 && wait_for 60 node_ready 2 && wait_for 120 all_running app=web 4; then
+  # The API's view of the pods lags the kubelets': "Running" and the address may still be the
+  # night's stale status. Every web pod must take an exec and answer on its listed address.
+  web_live() {
+    local p
+    all_running app=web 4 || return 1
+    local name node ip _
+    while read -r name node ip _; do
+      kc exec "$name" -- true && in_n "${node#node-}" ping -c1 -W1 "$ip" || return 1
+    done < <(pods app=web)
+  }
+  if wait_for 120 node_ready 1 && wait_for 60 node_ready 2 && wait_for 180 web_live; then
     ok "the API back: both nodes Ready, web's 4 pods Running again $(( $(date +%s) - t_up )) s later"
   else bad "after the night: nodes $(kc get nodes --no-headers 2>&1 | tr '\n' ';') web $(pods app=web | tr '\n' ';')"; fi
   checks_routing "$(route_mode 1 2)"
