@@ -11,7 +11,11 @@ use std::os::fd::AsFd;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const REF: &str = "/usr/lib/cni";
+/// The reference plugins: `HOLDFAST_REF_DIR` (bench/run.sh points it at the current release from
+/// tests/stack/build.sh), else Debian 12's.
+fn reference_dir() -> String {
+    std::env::var("HOLDFAST_REF_DIR").unwrap_or_else(|_| "/usr/lib/cni".into())
+}
 /// ADD/DEL cycles per variant run through GNU time for the peak RSS.
 const RSS_CYCLES: usize = 20;
 
@@ -53,7 +57,7 @@ fn exec(bin: &str, cmd: &str, conf: &Value, cid: &str, netns: &str, run: Run) ->
         .env("CNI_CONTAINERID", cid)
         .env("CNI_NETNS", netns)
         .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", REF)
+        .env("CNI_PATH", reference_dir())
         .env(
             "CNI_ARGS",
             "IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME=pod",
@@ -401,13 +405,13 @@ fn compare(b: &Bench, cycles: usize) {
     let hl = |sub: &str| json!({"type": "host-local", "dataDir": b.w.dir.join("host-local"), "ranges": [[{"subnet": sub}]], "routes": [{"dst": "0.0.0.0/0"}]});
     let ptp = |sub: &str| {
         (
-            format!("{REF}/ptp"),
+            format!("{}/ptp", reference_dir()),
             json!({"type": "ptp", "ipMasq": false, "ipam": hl(sub)}),
         )
     };
     let bandwidth = || {
         (
-            format!("{REF}/bandwidth"),
+            format!("{}/bandwidth", reference_dir()),
             json!({"type": "bandwidth", "capabilities": {"bandwidth": true}}),
         )
     };
@@ -817,7 +821,7 @@ fn max_fds(bin: &str, conf: &Value, netns: &str) -> usize {
         .env("CNI_CONTAINERID", "fdprobe")
         .env("CNI_NETNS", netns)
         .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", REF)
+        .env("CNI_PATH", reference_dir())
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -879,14 +883,23 @@ fn machine() -> String {
         .map(|n| n.get())
         .unwrap_or(0);
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let plugins = Command::new("dpkg-query")
-        .args(["-W", "-f=${Version}", "containernetworking-plugins"])
+    // A reference plugin run with no CNI_COMMAND names itself: "CNI ptp plugin v1.9.1".
+    let plugins = Command::new(format!("{}/ptp", reference_dir()))
+        .env_clear()
         .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .map(|o| {
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            )
+        })
         .unwrap_or_default();
     format!(
-        "Machine: {cpu}, {cores} cores, kernel {}; reference plugins: Debian containernetworking-plugins {plugins}.",
-        kernel.trim()
+        "Machine: {cpu}, {cores} cores, kernel {}; reference plugins: {} ({}).",
+        kernel.trim(),
+        plugins.lines().next().unwrap_or("unknown").trim(),
+        reference_dir()
     )
 }
 

@@ -9,6 +9,9 @@ cd "$(dirname "$0")/.."
 # GNU time measures each plugin's peak RSS (bench.rs, Run::Rss).
 dpkg-query -W containernetworking-plugins time >/dev/null 2>&1 || {
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq containernetworking-plugins time >/dev/null; }
+# The reference plugins of the current release (1.9.1, from the stack's Debian sid package).
+export HOLDFAST_REF_DIR
+HOLDFAST_REF_DIR=$(realpath "$(tests/stack/build.sh)/../cni")
 export HOLDFAST_BIN
 HOLDFAST_BIN=$(scripts/build-release.sh)
 cargo run --release --locked --quiet --example bench -- "$@"
