@@ -59,8 +59,12 @@ checks_install() {
     if [ -z "$bad_files" ]; then ok "node-$i: the DaemonSet installed the release binary, conf/10-holdfast-k8s.conflist as shipped, kubeconfig (VIP) and token (0600)"
     else bad "node-$i: wrong or missing:$bad_files ($(ls "$N/etc-cni" "$N/opt-cni" | tr '\n' ' '))"; fi
   done
-  local ds; ds=$(kc -n kube-system get pods -l app=holdfast -o jsonpath='{range .items[*]}{.metadata.name} {.status.containerStatuses[0].ready} {.status.containerStatuses[0].restartCount}{"\n"}{end}')
-  if [ "$(echo "$ds" | awk '$2 == "true" && $3 == 0' | wc -l)" = 2 ]; then ok "holdfast DaemonSet: 2 agents ready, no restarts"
+  # Ready once /readyz says so (after the agent's first refresh; the probe runs every 10 s).
+  ds_pods() { kc -n kube-system get pods -l app=holdfast -o jsonpath='{range .items[*]}{.metadata.name} {.status.containerStatuses[0].ready} {.status.containerStatuses[0].restartCount}{"\n"}{end}'; }
+  agents_ready() { [ "$(ds_pods | awk '$2 == "true" && $3 == 0' | wc -l)" = 2 ]; }
+  wait_for 60 agents_ready
+  local ds; ds=$(ds_pods)
+  if [ "$(echo "$ds" | awk '$2 == "true" && $3 == 0' | wc -l)" = 2 ]; then ok "holdfast DaemonSet: 2 agents ready (/readyz), no restarts"
   else bad "DaemonSet pods: $ds"; fi
   local p1; p1=$(echo "$ds" | head -1 | awk '{print $1}')
   local probe; probe=$(kc -n kube-system exec "$p1" -c agent -- /holdfast agent --conf /etc/cni/net.d/10-holdfast-k8s.conflist --check 2>&1)

@@ -111,9 +111,7 @@ drill_cold() {
     || bad "cold reboot: not all $want pods Running within 150 s ($(pods 'app in (web,drill)' | awk '$2 == "node-1"' | tr '\n' ';'))"
   [ "$n" -ge "$want" ] && [ "${p99:-99999}" -le "$TIMEOUT_MS" ] && ok "each of the $n CNI ADDs bounded by timeoutMs as containerd saw them: p50 $p50 ms, p99 $p99 ms" \
     || bad "sandbox ADDs: $n, p99 $p99 ms"
-  # A wave is one probe: one ADD waits on the API, the others take the cache at once.
-  [ "${p50:-99999}" -le 60 ] && ok "the boot wave cost one wait: ADD p50 $p50 ms <= 60 ms" \
-    || bad "the boot wave: ADD p50 $p50 ms > 60 ms"
+  P50_BOOT=${p50:-99999}
   local torn; torn=$(teardowns_ok "$off")
   [ "$(failures "$off")" = "0 ADD, 0 DEL" ] && ok "the runtime's DELs of the old sandboxes succeed ($torn teardowns, no failure)" \
     || bad "failures after the reboot: $(failures "$off")"
@@ -178,6 +176,7 @@ drill_cutoff() {
   unblock 10.44.0.5; unblock 10.43.0.1
   echo "$SUITE e2e: API cut off from node-1 for $(( $(date +%s) - t_cut )) s"
   read -r p50 p99 n <<<"$(add_percentiles "$o1" "$e1")"
+  P50_FRESH=${p50:-99999}
   ROW2=$(row "API cut off by every path, cache ${age1} s old" "$want" "${r1:-not in 40 s}" "$p50 / $p99 ms" "$(failures "$o1" "$e1")")
   [ -n "$r1" ] && ok "API cut off, cache fresh: the kubelet restarted all $want sandboxes from its own state, Running ${r1} s after the kill (ADD p99 $p99 ms)" \
     || bad "API cut off, cache fresh: not all $want pods restarted within 40 s"
@@ -197,6 +196,12 @@ drill() {
   ok "drill: $DRILL_PODS more pods on node-1 ($(node1_pods) there with web's)"
   drill_cold
   drill_cutoff
+  # A wave is one probe: after the cold boot one ADD waits on the API and the others take the
+  # cache at once, so the wave's ADDs cost what ADDs from a fresh cache cost (no API at all):
+  # the chain's own time (loopback, holdfast, portmap's iptables) as containerd measures it.
+  if [ "$P50_BOOT" -le 60 ] || [ "$P50_BOOT" -le $(( P50_FRESH * 12 / 10 )) ]; then
+    ok "the boot wave cost one wait: ADD p50 $P50_BOOT ms (<= 60 ms, or within 1.2x of the fresh-cache ADDs' $P50_FRESH ms)"
+  else bad "the boot wave: ADD p50 $P50_BOOT ms, fresh-cache ADDs $P50_FRESH ms"; fi
   echo
   row "phase" "pods" "to all Running" "ADD p50 / p99" "failures"
   row "---" "---" "---" "---" "---"
