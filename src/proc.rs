@@ -165,9 +165,21 @@ async fn read_capped(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::time::Duration;
+
+    /// Whether process `pid` is gone (or a zombie) within two seconds: for tests of the kill.
+    pub(crate) fn gone_soon(pid: &str) -> bool {
+        (0..200).any(|_| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let gone = stat.is_empty() || stat.contains(") Z ");
+            if !gone {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            gone
+        })
+    }
 
     fn run(script: &str, stdin: Option<&[u8]>, ms: u64, limits: Limits) -> Result<Output, Error> {
         tokio::runtime::Builder::new_current_thread()
@@ -254,17 +266,4 @@ mod tests {
             .unwrap_err();
         assert!(e.to_string().starts_with("cannot be started"), "{e}");
     }
-}
-
-/// Whether process `pid` is gone (or a zombie) within two seconds: for tests of the kill.
-#[cfg(test)]
-pub(crate) fn gone_soon(pid: &str) -> bool {
-    (0..200).any(|_| {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let gone = stat.is_empty() || stat.contains(") Z ");
-        if !gone {
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        gone
-    })
 }

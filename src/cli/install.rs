@@ -575,7 +575,7 @@ mod tests {
         let e = run(&s.opts(p)).unwrap_err();
         assert!(e.to_string().contains("no answer to VERSION"), "{e}");
         let pid = std::fs::read_to_string(&pidfile).unwrap();
-        let gone = crate::proc::gone_soon(pid.trim());
+        let gone = crate::proc::tests::gone_soon(pid.trim());
         assert!(gone, "the self-check's child outlived it");
         assert!(!s.0.join("bin/holdfast").exists());
     }
