@@ -408,44 +408,12 @@ fn vxlan_crosses_a_router_and_comes_back_after_a_cold_boot() {
     for n in [&n1, &n2] {
         n.routes_apply_ok("vxlan");
     }
-    let own = n1.own_routes();
-    assert!(
-        own.contains("10.244.2.0/24 via 10.244.2.0 dev holdfast-vx onlink"),
-        "{own}"
-    );
-    let neigh = common::ip(&["-n", &n1.w.node, "neigh", "show", "dev", "holdfast-vx"]);
-    assert!(
-        neigh.contains("10.244.2.0 lladdr 0e:68:c6:33:64:02 PERMANENT"),
-        "{neigh}"
-    );
-    let fdb = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &n1.w.node,
-            "bridge",
-            "fdb",
-            "show",
-            "dev",
-            "holdfast-vx",
-        ])
-        .output()
-        .unwrap();
-    let fdb = String::from_utf8_lossy(&fdb.stdout);
-    assert!(fdb.contains("0e:68:c6:33:64:02 dst 198.51.100.2"), "{fdb}");
+    assert_vxlan_entries_to_n2(&n1);
     let (p1, _a1) = n1.pod("vxlan", "c1");
     let (_p2, a2) = n2.pod("vxlan", "c2");
     assert!(n1.w.ping(&p1, &a2), "pod n1 -> pod n2 through the tunnel");
 
-    // An underlay without room for the VXLAN header below the pod MTU (1400) is reported.
-    common::ip(&["-n", &n1.w.node, "link", "set", "eth0", "mtu", "1420"]);
-    let out = n1.routes_apply("vxlan");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("exceeds eth0's mtu 1420"),
-        "{err}"
-    );
-    common::ip(&["-n", &n1.w.node, "link", "set", "eth0", "mtu", "1500"]);
+    assert_small_underlay_reported(&n1);
 
     // Cold boot of n1: every link (veths of pods, the tunnel, the underlay), route, neighbour
     // and FDB entry gone; the underlay comes back as the host's network config would.
@@ -479,8 +447,53 @@ fn vxlan_crosses_a_router_and_comes_back_after_a_cold_boot() {
         "the first ADD of the boot restored pod n1 -> pod n2"
     );
 
-    // `routes clear` (what install.sh --uninstall runs): the device and every own route go
-    // (the onlink routes with the device).
+    assert_routes_clear_removes_the_tunnel(&n1, &pod, &a2);
+}
+
+/// n1's route, neighbour and FDB entry for n2 (198.51.100.2, pod CIDR 10.244.2.0/24).
+fn assert_vxlan_entries_to_n2(n1: &Node) {
+    let own = n1.own_routes();
+    assert!(
+        own.contains("10.244.2.0/24 via 10.244.2.0 dev holdfast-vx onlink"),
+        "{own}"
+    );
+    let neigh = common::ip(&["-n", &n1.w.node, "neigh", "show", "dev", "holdfast-vx"]);
+    assert!(
+        neigh.contains("10.244.2.0 lladdr 0e:68:c6:33:64:02 PERMANENT"),
+        "{neigh}"
+    );
+    let fdb = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &n1.w.node,
+            "bridge",
+            "fdb",
+            "show",
+            "dev",
+            "holdfast-vx",
+        ])
+        .output()
+        .unwrap();
+    let fdb = String::from_utf8_lossy(&fdb.stdout);
+    assert!(fdb.contains("0e:68:c6:33:64:02 dst 198.51.100.2"), "{fdb}");
+}
+
+/// An underlay without room for the VXLAN header below the pod MTU (1400) is reported.
+fn assert_small_underlay_reported(n1: &Node) {
+    common::ip(&["-n", &n1.w.node, "link", "set", "eth0", "mtu", "1420"]);
+    let out = n1.routes_apply("vxlan");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("exceeds eth0's mtu 1420"),
+        "{err}"
+    );
+    common::ip(&["-n", &n1.w.node, "link", "set", "eth0", "mtu", "1500"]);
+}
+
+/// `routes clear` (what install.sh --uninstall runs): the device and every own route go (the
+/// onlink routes with the device), and pod `pod` no longer reaches `peer`.
+fn assert_routes_clear_removes_the_tunnel(n1: &Node, pod: &str, peer: &str) {
     let before = n1.own_routes();
     assert!(before.contains("holdfast-vx"), "{before}");
     n1.routes_clear();
@@ -490,7 +503,35 @@ fn vxlan_crosses_a_router_and_comes_back_after_a_cold_boot() {
         "the VXLAN device is gone: {}",
         common::ip(&["-n", &n1.w.node, "link", "show"])
     );
-    assert!(!n1.w.ping(&pod, &a2), "nothing routes to n2 any more");
+    assert!(!n1.w.ping(pod, peer), "nothing routes to n2 any more");
+}
+
+/// The agent's metrics (127.0.0.1:19473 in n1's netns) say what the kernel does: `peers` peers,
+/// every route in place.
+fn assert_routing_metrics(n1: &Node, peers: usize) {
+    let scrape = || {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &n1.w.node,
+                "curl",
+                "-s",
+                "http://127.0.0.1:19473/metrics",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let want = format!("holdfast_peers {peers}");
+    wait_until(n1, "peers in the metrics", &|| scrape().contains(&want));
+    let m = scrape();
+    assert!(
+        m.contains(&format!("holdfast_routes{{state=\"in_place\"}} {peers}"))
+            && m.contains("holdfast_routes{state=\"missing\"} 0")
+            && m.contains("holdfast_peer_table_age_seconds"),
+        "{m}"
+    );
 }
 
 /// n1 and n3 share a segment, n2 is behind the router: auto routes n3 directly, n2 by VXLAN.
@@ -788,31 +829,7 @@ fn the_agent_reconciles_only_after_a_full_list_and_follows_the_watch() {
     wait_until(&n1, "n3 from the watch", &|| {
         n1.own_routes().contains("10.244.3.0/24 via 192.0.2.3")
     });
-    // The agent's metrics say the same: two peers, both routes in place.
-    let scrape = || {
-        let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &n1.w.node,
-                "curl",
-                "-s",
-                "http://127.0.0.1:19473/metrics",
-            ])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    wait_until(&n1, "peers in the metrics", &|| {
-        scrape().contains("holdfast_peers 2")
-    });
-    let m = scrape();
-    assert!(
-        m.contains("holdfast_routes{state=\"in_place\"} 2")
-            && m.contains("holdfast_routes{state=\"missing\"} 0")
-            && m.contains("holdfast_peer_table_age_seconds"),
-        "{m}"
-    );
+    assert_routing_metrics(&n1, 2);
     drop(stale);
 }
 
