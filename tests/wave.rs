@@ -353,39 +353,10 @@ impl Drop for Agent {
 fn the_agent_serves_every_metric_family_and_both_probes() {
     let (mut e, api) = setup("the_agent_serves_every_metric", Mode::Answer);
     let conf = e.conf(json!({"timeoutMs": 1000, "refreshSeconds": 3600, "outageHoldSeconds": 60}));
-    // One ADD asks the API (fresh), one falls back to the cache, one fails, one loses its netns.
-    e.seed_cache(7200, &["10.42.5.0/24"]);
-    let mut pods = Vec::new();
-    let p0 = e.w.pod();
-    e.w.cni("ADD", "c0", &p0, "eth0", &conf).ok();
-    pods.push(("c0".to_string(), p0));
-    api.set_mode(Mode::Status(500));
-    e.seed_cache(7200, &["10.42.1.0/24"]);
-    let p1 = e.w.pod();
-    e.w.cni("ADD", "c1", &p1, "eth0", &conf).ok();
-    pods.push(("c1".to_string(), p1.clone()));
-    e.w.cni("ADD", "c2", "/var/run/netns/no-such-netns", "eth0", &conf);
-    e.w.delete_pod(&p1);
-    let journal = json!([{"unix": 1700000000u64, "network": "testnet", "containerId": "old",
-                           "ifname": "eth0", "ips": ["10.42.1.9"], "why": "netns gone after a reboot"}]);
-    std::fs::write(e.w.state_dir.join("reclaimed.json"), journal.to_string()).unwrap();
-    api.set_mode(Mode::Answer);
-
-    let list = json!({"cniVersion": "1.1.0", "name": "testnet", "plugins": [{
-        "type": "holdfast", "stateDir": e.w.state_dir, "logLevel": "info", "ipam": conf["ipam"],
-        "kubernetes": conf["kubernetes"]}]});
-    let conflist = e.w.state_dir.join("kube/holdfast.conflist");
-    std::fs::write(&conflist, list.to_string()).unwrap();
     let addr = "127.0.0.1:9473";
-    let agent = std::process::Command::new("ip")
-        .args(["netns", "exec", &e.w.node, BIN, "agent", "--conf"])
-        .arg(&conflist)
-        .args(["--sa-dir", "/nonexistent", "--metrics-addr", addr])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _agent = Agent(agent);
+    let pods = one_add_of_each_outcome(&mut e, &api, &conf);
+
+    let (_agent, conflist) = start_agent(&e, &conf, addr);
     let mut ready = (0, String::new());
     wait_until("the agent is ready", 30, || {
         ready = try_get(&e.w.node, addr, "/readyz").unwrap_or((0, String::new()));
@@ -400,7 +371,59 @@ fn the_agent_serves_every_metric_family_and_both_probes() {
     let (code, body) = http_get(&e.w.node, addr, "/healthz");
     assert_eq!(code, 200, "{body}");
 
-    let (code, m) = http_get(&e.w.node, addr, "/metrics");
+    assert_every_metric_family(&e.w.node, addr);
+
+    assert_doctor_tells_the_same(&e, &conflist);
+    drop(_agent);
+    let left: Vec<(String, String)> = pods.into_iter().take(1).collect();
+    e.del_all(&left, &conf);
+    e.w.cni("DEL", "c1", "", "eth0", &conf).ok();
+    e.w.assert_clean();
+}
+
+/// One ADD asks the API (fresh), one falls back to the cache, one fails, one loses its netns;
+/// the reclaim journal names one reclaimed attachment. Returns the pods to delete at the end.
+fn one_add_of_each_outcome(e: &mut Env, api: &FakeApi, conf: &Value) -> Vec<(String, String)> {
+    e.seed_cache(7200, &["10.42.5.0/24"]);
+    let mut pods = Vec::new();
+    let p0 = e.w.pod();
+    e.w.cni("ADD", "c0", &p0, "eth0", conf).ok();
+    pods.push(("c0".to_string(), p0));
+    api.set_mode(Mode::Status(500));
+    e.seed_cache(7200, &["10.42.1.0/24"]);
+    let p1 = e.w.pod();
+    e.w.cni("ADD", "c1", &p1, "eth0", conf).ok();
+    pods.push(("c1".to_string(), p1.clone()));
+    e.w.cni("ADD", "c2", "/var/run/netns/no-such-netns", "eth0", conf);
+    e.w.delete_pod(&p1);
+    let journal = json!([{"unix": 1700000000u64, "network": "testnet", "containerId": "old",
+                           "ifname": "eth0", "ips": ["10.42.1.9"], "why": "netns gone after a reboot"}]);
+    std::fs::write(e.w.state_dir.join("reclaimed.json"), journal.to_string()).unwrap();
+    api.set_mode(Mode::Answer);
+    pods
+}
+
+/// The agent on `addr` in the node netns, with a conflist around `conf`; and that conflist.
+fn start_agent(e: &Env, conf: &Value, addr: &str) -> (Agent, std::path::PathBuf) {
+    let list = json!({"cniVersion": "1.1.0", "name": "testnet", "plugins": [{
+        "type": "holdfast", "stateDir": e.w.state_dir, "logLevel": "info", "ipam": conf["ipam"],
+        "kubernetes": conf["kubernetes"]}]});
+    let conflist = e.w.state_dir.join("kube/holdfast.conflist");
+    std::fs::write(&conflist, list.to_string()).unwrap();
+    let agent = std::process::Command::new("ip")
+        .args(["netns", "exec", &e.w.node, BIN, "agent", "--conf"])
+        .arg(&conflist)
+        .args(["--sa-dir", "/nonexistent", "--metrics-addr", addr])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    (Agent(agent), conflist)
+}
+
+/// Every metric family the agent serves, with the values the ADDs above leave.
+fn assert_every_metric_family(node: &str, addr: &str) {
+    let (code, m) = http_get(node, addr, "/metrics");
     assert_eq!(code, 200, "{m}");
     assert_eq!(sample(&m, "holdfast_build_info", &["version=\""]), 1.0);
     assert_eq!(sample(&m, "holdfast_cluster_info_usable", &[]), 1.0);
@@ -473,9 +496,11 @@ fn the_agent_serves_every_metric_family_and_both_probes() {
         ) >= 1.0,
         "{m}"
     );
-    assert_eq!(http_get(&e.w.node, addr, "/nothing").0, 404);
+    assert_eq!(http_get(node, addr, "/nothing").0, 404);
+}
 
-    // doctor tells the same facts.
+/// `doctor` tells what the metrics tell.
+fn assert_doctor_tells_the_same(e: &Env, conflist: &std::path::Path) {
     let out = e.w.in_node(&[
         BIN,
         "doctor",
@@ -502,9 +527,4 @@ fn the_agent_serves_every_metric_family_and_both_probes() {
         human.contains("attachments 2 (1 live, 1 whose netns is gone), 1 reclaimed"),
         "{human}"
     );
-    drop(_agent);
-    let left: Vec<(String, String)> = pods.into_iter().take(1).collect();
-    e.del_all(&left, &conf);
-    e.w.cni("DEL", "c1", "", "eth0", &conf).ok();
-    e.w.assert_clean();
 }
