@@ -165,6 +165,24 @@ pub async fn after_reboot(host: &Host, conf: &Conf, path: &[PathBuf]) {
     if seen.as_deref() == Some(now.as_bytes()) {
         return;
     }
+    // A boot's pods come all at once: one of them sweeps, the others go on at once (their own
+    // attachments are new, and a full range reclaims on its own path). Should the sweeper die,
+    // the boot is not remembered and the next verb sweeps.
+    let sweep = state::lock::try_named(
+        &conf.state_dir.join("boot"),
+        &format!("{}.lock", conf.name()),
+    );
+    let _sweep = match sweep {
+        Ok(Some(l)) => Some(l),
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!("sweeping without the boot lock: {e}");
+            None
+        }
+    };
+    if atomic::read(&file, 256).ok().flatten().as_deref() == Some(now.as_bytes()) {
+        return; // swept by another invocation just before
+    }
     dead(host, conf, path, true, "the node rebooted").await;
     if let Err(e) = atomic::write(&file, now.as_bytes(), true) {
         tracing::warn!("could not remember the boot ID: {e}");

@@ -19,11 +19,10 @@ pub use conf::RoutingConf;
 use crate::cluster::{self, KubeConf};
 use crate::cni::{Error, Result};
 use crate::dataplane::Nl;
-use crate::state::at::Dir;
 use apply::Outcome;
-use nix::fcntl::{Flock, OFlag};
+use nix::fcntl::Flock;
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// The most a re-apply from disk may take, the lock wait included: ADD must not hang on it.
@@ -44,21 +43,8 @@ pub fn node_name(kube: Option<&KubeConf>) -> Result<String> {
 /// Serialises everything that programs routes (ADDs, the agent, `routes apply`), waiting until
 /// `deadline` at most.
 pub fn lock(state_dir: &Path, deadline: Instant) -> Result<Flock<File>> {
-    let (f, path) = lock_file(state_dir)?;
+    let (f, path) = crate::state::lock::named_file(state_dir, LOCK)?;
     crate::state::lock::flock_until(f, &path, deadline)
-}
-
-fn lock_file(state_dir: &Path) -> Result<(File, PathBuf)> {
-    let dir = Dir::open(state_dir, true)?
-        .ok_or_else(|| Error::Internal(format!("{} vanished", state_dir.display())))?;
-    let f = dir.open_file(LOCK, OFlag::O_RDWR | OFlag::O_CREAT, 0o600)?;
-    Ok((f, dir.join(LOCK)))
-}
-
-/// [`lock`] without waiting: `None` while another invocation holds it.
-fn try_lock(state_dir: &Path) -> Result<Option<Flock<File>>> {
-    let (f, path) = lock_file(state_dir)?;
-    Ok(crate::state::lock::try_flock(f, &path)?.ok())
 }
 
 /// Re-applies the persisted table now; `Ok(None)` when there is none yet. Bounded by [`BUDGET`].
@@ -116,7 +102,7 @@ pub async fn after_reboot(h: &Nl, rc: &RoutingConf, state_dir: &Path, kube: Opti
         // A boot's pods come all at once: one of them re-applies, the others go on at once (their
         // own networking does not need the peers' routes). Should the applier die, the marker is
         // not written and the next verb applies.
-        let Some(_lock) = try_lock(state_dir)? else {
+        let Some(_lock) = crate::state::lock::try_named(state_dir, LOCK)? else {
             tracing::debug!("another invocation is re-applying the peer table");
             return Ok(None);
         };

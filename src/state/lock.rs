@@ -34,6 +34,21 @@ pub fn try_flock(file: File, what: &Path) -> Result<std::result::Result<Flock<Fi
     }
 }
 
+/// The lock file `name` in directory `dir` (both made when missing, the file 0600), opened to be
+/// locked: for node-wide single-flight work (a boot's sweep, the routes).
+pub fn named_file(dir: &Path, name: &str) -> Result<(File, std::path::PathBuf)> {
+    let d = Dir::open(dir, true)?
+        .ok_or_else(|| Error::Internal(format!("{} vanished", dir.display())))?;
+    let f = d.open_file(name, OFlag::O_RDWR | OFlag::O_CREAT, 0o600)?;
+    Ok((f, d.join(name)))
+}
+
+/// [`named_file`] locked without waiting: `None` while another invocation holds it.
+pub fn try_named(dir: &Path, name: &str) -> Result<Option<Flock<File>>> {
+    let (f, path) = named_file(dir, name)?;
+    Ok(try_flock(f, &path)?.ok())
+}
+
 /// Locks `file` exclusively, waiting until `deadline` at most (then code 11).
 pub fn flock_until(file: File, what: &Path, deadline: Instant) -> Result<Flock<File>> {
     let file = match try_flock(file, what)? {
