@@ -54,7 +54,7 @@ pub async fn add(req: &Add) -> Result<CniResult> {
     let pod = netns.start_connect()?;
     let host = Host::connect()?;
     let (cid, ifname) = (&req.att.container_id, &req.att.ifname);
-    let lock = state::lock_attachment(&conf.state_dir, conf.name(), &req.att)?;
+    let lock = conf.network().lock(&req.att)?;
     failpoint::hit("add-locked");
     reclaim::after_reboot(&host, conf, &req.path).await;
     crate::routing::after_reboot(
@@ -298,7 +298,7 @@ async fn clear_previous_attempt(
     if !earlier && link::by_name(host, &names.host_veth).await?.is_none() {
         return Ok(());
     }
-    let record = match state::read(&conf.state_dir, conf.name(), &req.att) {
+    let record = match conf.network().read(&req.att) {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!("replacing an unreadable attachment record: {e}");

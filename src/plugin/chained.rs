@@ -61,13 +61,13 @@ pub async fn add(req: &Add) -> Result<CniResult> {
     let host = Host::connect()?;
     let (cid, ifname) = (&req.att.container_id, &req.att.ifname);
     let conf = &req.conf;
-    let lock = state::lock_attachment(&conf.state_dir, conf.name(), &req.att)?;
+    let lock = conf.network().lock(&req.att)?;
     failpoint::hit("add-locked");
     super::reclaim::after_reboot(&host, conf, &req.path).await;
     let names = Names::of(cid, ifname);
     // A retried ADD: our ifb and record from last time go first.
     if lock.existed {
-        let record = state::read(&conf.state_dir, conf.name(), &req.att).unwrap_or_else(|e| {
+        let record = conf.network().read(&req.att).unwrap_or_else(|e| {
             tracing::warn!("replacing an unreadable attachment record: {e}");
             None
         });

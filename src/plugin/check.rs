@@ -7,7 +7,7 @@ use crate::cni::{CniResult, Error, Result};
 use crate::dataplane::netns::Netns;
 use crate::dataplane::{Host, Pod, addr, link, names, route};
 use crate::ipam::store::{Owner, Store};
-use crate::state::{self, Mode, Record};
+use crate::state::{Mode, Record};
 
 pub async fn check(req: &Check) -> Result<()> {
     let conf = &req.conf;
@@ -15,8 +15,8 @@ pub async fn check(req: &Check) -> Result<()> {
     let netns = Netns::open(&req.netns)?;
     let pod = netns.start_connect()?;
     let (cid, ifname) = (&req.att.container_id, &req.att.ifname);
-    let lock = state::lock_attachment(&conf.state_dir, conf.name(), &req.att)?;
-    let Some(record) = state::read(&conf.state_dir, conf.name(), &req.att)? else {
+    let lock = conf.network().lock(&req.att)?;
+    let Some(record) = conf.network().read(&req.att)? else {
         // Nothing of the attachment exists; the lock file this CHECK made goes with it.
         if !lock.existed {
             lock.remove()?;

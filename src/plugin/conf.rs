@@ -120,6 +120,14 @@ impl Conf {
         &self.net.name
     }
 
+    /// This network's state under `stateDir`.
+    pub fn network(&self) -> crate::state::Network<'_> {
+        crate::state::Network {
+            state_dir: &self.state_dir,
+            name: self.name(),
+        }
+    }
+
     /// The `kubernetes` section, required when a range is `usePodCidr`.
     pub fn kube(&self) -> Result<&KubeConf> {
         self.kubernetes.as_ref().ok_or_else(|| {

@@ -7,15 +7,14 @@ use super::Del;
 use super::teardown::{self, Net, Whose};
 use crate::cni::Result;
 use crate::dataplane::Host;
-use crate::state;
 
 pub async fn del(req: &Del) -> Result<()> {
     let conf = &req.conf;
     // The socket first: a DEL that fails before it has the lock leaves no lock file.
     let host = Host::connect()?;
-    let lock = state::lock_attachment(&conf.state_dir, conf.name(), &req.att)?;
+    let lock = conf.network().lock(&req.att)?;
     super::reclaim::after_reboot(&host, conf, &req.path).await;
-    let record = match state::read(&conf.state_dir, conf.name(), &req.att) {
+    let record = match conf.network().read(&req.att) {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!("ignoring unreadable attachment record: {e}");

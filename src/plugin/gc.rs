@@ -14,7 +14,6 @@ use crate::cni::config::AttachmentId;
 use crate::cni::{Error, Result};
 use crate::dataplane::Host;
 use crate::ipam::{self, store::Store};
-use crate::state;
 use std::collections::{BTreeSet, HashSet};
 
 pub async fn gc(req: &Gc) -> Result<()> {
@@ -73,13 +72,13 @@ fn stale(
     errors: &mut Vec<Error>,
 ) -> BTreeSet<AttachmentId> {
     let conf = &req.conf;
-    let (records, unreadable) = state::list(&conf.state_dir, conf.name());
+    let (records, unreadable) = conf.network().list();
     for (p, why) in unreadable {
         tracing::warn!(
             "GC removes untrusted attachment record {}: {why}",
             p.display()
         );
-        if let Err(e) = state::remove_unreadable(&conf.state_dir, conf.name(), &p) {
+        if let Err(e) = conf.network().remove_unreadable(&p) {
             errors.push(e);
         }
     }
@@ -95,10 +94,10 @@ fn stale(
 /// it. Its record is read again under the lock: the listing may predate an ADD or DEL.
 async fn stale_one(net: &Net<'_>, batch: &Batch, id: &AttachmentId) -> Result<bool> {
     let conf = net.conf;
-    let Some(lock) = state::try_lock_attachment(&conf.state_dir, conf.name(), id)? else {
+    let Some(lock) = conf.network().try_lock(id)? else {
         return Ok(false);
     };
-    let record = match state::read(&conf.state_dir, conf.name(), id) {
+    let record = match conf.network().read(id) {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!("GC ignores an unreadable attachment record: {e}");

@@ -65,7 +65,7 @@ fn append(state_dir: &Path, new: Vec<Reclaimed>) {
 /// names and no invocation holds (a killed ADD's). Returns how many were reclaimed. The links
 /// and leases are looked up once for all of them, so each costs only what it owns.
 pub async fn dead(host: &Host, conf: &Conf, path: &[PathBuf], orphans: bool, why: &str) -> usize {
-    let (records, _) = state::list(&conf.state_dir, conf.name());
+    let (records, _) = conf.network().list();
     let dead: Vec<&Record> = records.iter().filter(|r| !r.netns_alive()).collect();
     let want_orphans = orphans && conf.ipam.delegate().is_none();
     if dead.is_empty() && !want_orphans {
@@ -127,10 +127,10 @@ fn entry(conf: &Conf, id: &AttachmentId, ips: Vec<IpAddr>, why: &str) -> Reclaim
 /// it came back to life (a new ADD replaced it) meanwhile.
 async fn one(net: &Net<'_>, batch: &Batch, id: &AttachmentId) -> Result<bool> {
     let conf = net.conf;
-    let Some(lock) = state::try_lock_attachment(&conf.state_dir, conf.name(), id)? else {
+    let Some(lock) = conf.network().try_lock(id)? else {
         return Ok(false);
     };
-    let Some(r) = state::read(&conf.state_dir, conf.name(), id)? else {
+    let Some(r) = conf.network().read(id)? else {
         return Ok(false);
     };
     if r.netns_alive() {
@@ -144,10 +144,10 @@ async fn one(net: &Net<'_>, batch: &Batch, id: &AttachmentId) -> Result<bool> {
 /// DEL came for; `Ok(None)` when an invocation holds it or it has a record by now.
 async fn orphan(net: &Net<'_>, batch: &Batch, id: &AttachmentId) -> Result<Option<Vec<IpAddr>>> {
     let conf = net.conf;
-    let Some(lock) = state::try_lock_attachment(&conf.state_dir, conf.name(), id)? else {
+    let Some(lock) = conf.network().try_lock(id)? else {
         return Ok(None);
     };
-    if state::read(&conf.state_dir, conf.name(), id)?.is_some() {
+    if conf.network().read(id)?.is_some() {
         return Ok(None);
     }
     teardown::attachment(net, id, None, Whose::Other(batch), Some(lock))

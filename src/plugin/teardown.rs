@@ -17,7 +17,7 @@ use crate::dataplane::link::{self, Link};
 use crate::dataplane::names::Names;
 use crate::ipam::store::Store;
 use crate::ipam::{Plan, Target, delegate};
-use crate::state::{self, AttachmentLock, Mode, Record};
+use crate::state::{AttachmentLock, Mode, Record};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -105,8 +105,8 @@ pub async fn attachment(
         let conf = net.conf;
         match whose {
             // Its batch listed the records (sweeping old temps) moments ago.
-            Whose::Other(_) => state::remove_listed(&conf.state_dir, conf.name(), id)?,
-            _ => state::remove(&conf.state_dir, conf.name(), id)?,
+            Whose::Other(_) => conf.network().remove_listed(id)?,
+            _ => conf.network().remove(id)?,
         }
         if let Some(l) = lock {
             l.remove()?;

@@ -11,7 +11,7 @@ pub mod at;
 pub mod atomic;
 pub mod lock;
 
-pub use lock::{AttachmentLock, lock_attachment, try_lock_attachment};
+pub use lock::AttachmentLock;
 
 use crate::cni::config::AttachmentId;
 use crate::cni::{CniResult, Error, Result, Version};
@@ -167,6 +167,46 @@ impl Record {
             ));
         }
         None
+    }
+}
+
+/// One network's state under `stateDir`: what the verbs address attachments through, so the
+/// pair (stateDir, network name) is spelled once per verb, not at every call.
+#[derive(Clone, Copy, Debug)]
+pub struct Network<'a> {
+    pub state_dir: &'a Path,
+    pub name: &'a str,
+}
+
+impl Network<'_> {
+    /// The attachment's lock, waiting for another verb's (code 11 after [`lock::LOCK_WAIT`]).
+    pub fn lock(&self, id: &AttachmentId) -> Result<lock::AttachmentLock> {
+        lock::lock_attachment(self.state_dir, self.name, id)
+    }
+
+    /// The attachment's lock if nobody holds it.
+    pub fn try_lock(&self, id: &AttachmentId) -> Result<Option<lock::AttachmentLock>> {
+        lock::try_lock_attachment(self.state_dir, self.name, id)
+    }
+
+    pub fn read(&self, id: &AttachmentId) -> Result<Option<Record>> {
+        read(self.state_dir, self.name, id)
+    }
+
+    pub fn remove(&self, id: &AttachmentId) -> Result<()> {
+        remove(self.state_dir, self.name, id)
+    }
+
+    pub fn remove_listed(&self, id: &AttachmentId) -> Result<()> {
+        remove_listed(self.state_dir, self.name, id)
+    }
+
+    pub fn remove_unreadable(&self, path: &Path) -> Result<()> {
+        remove_unreadable(self.state_dir, self.name, path)
+    }
+
+    pub fn list(&self) -> (Vec<Record>, Vec<(PathBuf, String)>) {
+        list(self.state_dir, self.name)
     }
 }
 
