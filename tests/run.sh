@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # protobuf-compiler: the CRI client of the containerd e2e test is generated from the CRI protos.
-PKGS=(iproute2 iputils-ping iperf3 iptables containernetworking-plugins containerd runc busybox-static ca-certificates curl protobuf-compiler)
+PKGS=(iproute2 iputils-ping iperf3 iptables containernetworking-plugins containerd runc busybox-static ca-certificates curl openssl protobuf-compiler)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
