@@ -114,13 +114,7 @@ pub async fn run(path: Option<PathBuf>, conf: Result<Conf, String>) -> Report {
     let owned = sections(&mut r, &conf, true).await;
     links_section(&mut r, &owned.links).await;
     leases_section(&mut r, &conf, &owned.owners);
-    r.routing = crate::routing::doctor::report(
-        &conf.routing,
-        &conf.state_dir,
-        conf.kubernetes.as_ref(),
-        &mut r.attention,
-    )
-    .await;
+    routing_section(&mut r, &conf).await;
     r
 }
 
@@ -130,6 +124,12 @@ pub async fn run(path: Option<PathBuf>, conf: Result<Conf, String>) -> Report {
 pub async fn local(conf: &Conf) -> Report {
     let mut r = Report::default();
     sections(&mut r, conf, false).await;
+    routing_section(&mut r, conf).await;
+    r
+}
+
+/// The peers and whether each route is in place (one route dump; nothing in mode `none`).
+async fn routing_section(r: &mut Report, conf: &Conf) {
     r.routing = crate::routing::doctor::report(
         &conf.routing,
         &conf.state_dir,
@@ -137,7 +137,6 @@ pub async fn local(conf: &Conf) -> Report {
         &mut r.attention,
     )
     .await;
-    r
 }
 
 /// The sections read from stateDir, and with `probe` what each API server says now.
