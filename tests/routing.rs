@@ -376,14 +376,12 @@ fn a_wrong_gateway_is_replaced_and_a_foreign_route_to_a_peer_cidr_is_left_alone(
     );
 }
 
-/// n1 on 192.0.2.0/24, n2 on 198.51.100.0/24, a router between: direct cannot work, vxlan does.
-#[test]
-#[ignore = "needs root (network namespaces)"]
-fn vxlan_crosses_a_router_and_comes_back_after_a_cold_boot() {
-    let t = "vxlan";
+/// A router netns with two subnets, n1 on 192.0.2.0/24 (pods 10.244.1.0/24) and n2 on
+/// 198.51.100.0/24 (pods 10.244.2.0/24); the guards keep the router and the second segment.
+fn behind_a_router(t: &str) -> (NetnsGuard, NetnsGuard, Node, Node) {
     let r = router(t);
     let b = second_subnet(&r);
-    let mut n1 = Node::new(
+    let n1 = Node::new(
         t,
         "n1",
         &r.0,
@@ -391,7 +389,7 @@ fn vxlan_crosses_a_router_and_comes_back_after_a_cold_boot() {
         Some("192.0.2.254"),
         "10.244.1.0/24",
     );
-    let mut n2 = Node::new(
+    let n2 = Node::new(
         t,
         "n2",
         &b.0,
@@ -399,6 +397,15 @@ fn vxlan_crosses_a_router_and_comes_back_after_a_cold_boot() {
         Some("198.51.100.254"),
         "10.244.2.0/24",
     );
+    (r, b, n1, n2)
+}
+
+/// n1 on 192.0.2.0/24, n2 on 198.51.100.0/24, a router between: direct cannot work, vxlan does.
+#[test]
+#[ignore = "needs root (network namespaces)"]
+fn vxlan_crosses_a_router_and_comes_back_after_a_cold_boot() {
+    let t = "vxlan";
+    let (r, _b, mut n1, mut n2) = behind_a_router(t);
     write_table(&n1, &[&n2]);
     write_table(&n2, &[&n1]);
     // direct: the peer is not on-link, so nothing is routed.
@@ -539,24 +546,7 @@ fn assert_routing_metrics(n1: &Node, peers: usize) {
 #[ignore = "needs root (network namespaces)"]
 fn auto_is_direct_on_link_and_vxlan_elsewhere() {
     let t = "auto";
-    let r = router(t);
-    let b = second_subnet(&r);
-    let mut n1 = Node::new(
-        t,
-        "n1",
-        &r.0,
-        "192.0.2.1",
-        Some("192.0.2.254"),
-        "10.244.1.0/24",
-    );
-    let mut n2 = Node::new(
-        t,
-        "n2",
-        &b.0,
-        "198.51.100.2",
-        Some("198.51.100.254"),
-        "10.244.2.0/24",
-    );
+    let (r, _b, mut n1, mut n2) = behind_a_router(t);
     let mut n3 = Node::new(
         t,
         "n3",
