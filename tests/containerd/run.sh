@@ -23,115 +23,35 @@
 # Run as root; prints "containerd e2e: N passed, M failed" (1.6) or "containerd2 e2e: ..." (2.x).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
+. tests/containerd/lib.sh
 STACK=${1:-}
-TARGET=${CARGO_TARGET_DIR:-target}
-HF=$(realpath "${HOLDFAST_BIN:-$TARGET/debug/holdfast}")
-CRI=$TARGET/debug/examples/cri
-# Always (incremental): an older build may lack a command this run uses.
-cargo build --quiet --features cri --example cri
-CRI=$(realpath "$CRI")
-for p in containerd runc busybox-static containernetworking-plugins iperf3; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' \
-    || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$p" >/dev/null
-done
+ctr_tools
 if [ -n "$STACK" ]; then
-  STACK=$(realpath "$STACK")
-  PLUGINS=$(realpath "$STACK/../cni")
+  ctr_stack "$STACK"
+  PLUGINS=$PLUGINS2
   SUITE=containerd2
-  [ -x "$STACK/containerd" ] && [ -x "$PLUGINS/portmap" ] || { echo "no containerd or plugins in $STACK" >&2; exit 1; }
 else
   PLUGINS=/usr/lib/cni
   SUITE=containerd
 fi
 
-TAG="hfctr$$"
-NODE="$TAG-node"
-WORK=$(mktemp -d "/tmp/$TAG.XXXX")
-cleanup() {
-  ip netns del "$NODE" 2>/dev/null
-  # containerd's overlay mounts lived in the private mount namespace and went with it.
-  rm -rf "$WORK" 2>/dev/null || { sleep 1; rm -rf "$WORK"; }
-}
-trap cleanup EXIT
-ip netns add "$NODE"
-ip -n "$NODE" link set lo up
-mkdir -p "$WORK"/{etc-cni,opt-cni,var-lib-cni,run-containerd,netns,root,state,hf,calls}
-cp "$HF" "$WORK/opt-cni/holdfast.real"
-cat > "$WORK/opt-cni/holdfast" <<SH
-#!/usr/bin/env bash
-# Records what the runtime sent, then runs holdfast with it; stdout passes through untouched.
-c=$WORK/calls/\$(date +%s%N).\${CNI_COMMAND:-none}
-cat > "\$c.stdin"
-env | grep '^CNI_' > "\$c.env"
-"$WORK/opt-cni/holdfast.real" < "\$c.stdin"
-rc=\$?
-echo \$rc > "\$c.rc"
-exit \$rc
-SH
-chmod +x "$WORK/opt-cni/holdfast"
-cp "$PLUGINS"/{loopback,host-local,portmap,bandwidth} "$WORK/opt-cni/"
-# The conflist as shipped: holdfast, then the reference portmap (a DEL that portmap cannot read never
-# reaches holdfast). Default stateDir /var/lib/cni/holdfast, which is $WORK/var-lib-cni here.
-CONFLIST=conf/10-holdfast-portmap.conflist
-cp "$CONFLIST" "$WORK/etc-cni/"
-NET=$(sed -n 's/^ *"name": *"\([^"]*\)".*/\1/p' "$CONFLIST" | head -1)
-SUBNET=$(grep -o '"subnet": *"[0-9./]*"' "$CONFLIST" | head -1 | grep -o '[0-9][0-9./]*')
-PREFIX=${SUBNET%.0/*}           # 10.85.0 of 10.85.0.0/16
-MASK=${SUBNET#*/}
-if [ -z "$STACK" ]; then
-cat > "$WORK/config.toml" <<TOML
-version = 2
-root = "$WORK/root"
-state = "$WORK/state"
-[grpc]
-  address = "$WORK/containerd.sock"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "docker.io/hf/pause:e2e"
-  restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/opt/cni/bin"
-    conf_dir = "/etc/cni/net.d"
-TOML
-else
-# Version 3: the CRI is split into images and runtime plugins. NRI is off (its socket would be
-# made in the machine's /var/run/nri); the plugins are this run's only (sid's package also looks
-# in /usr/lib/cni by default).
-cat > "$WORK/config.toml" <<TOML
-version = 3
-root = "$WORK/root"
-state = "$WORK/state"
-disabled_plugins = ["io.containerd.nri.v1.nri"]
-[grpc]
-  address = "$WORK/containerd.sock"
-[plugins.'io.containerd.cri.v1.images'.pinned_images]
-  sandbox = "docker.io/hf/pause:e2e"
-[plugins.'io.containerd.cri.v1.runtime']
-  restrict_oom_score_adj = true
-  [plugins.'io.containerd.cri.v1.runtime'.cni]
-    bin_dirs = ["/opt/cni/bin"]
-    conf_dir = "/etc/cni/net.d"
-TOML
-fi
-tests/containerd/image.sh "$WORK/busybox.tar" docker.io/hf/busybox:e2e
-tests/containerd/image.sh "$WORK/pause.tar" docker.io/hf/pause:e2e '["/bin/sleep","2147483647"]'
+ctr_world hfctr
+ctr_plugins "$PLUGINS"
+ctr_conflist
+if [ -z "$STACK" ]; then ctr_config_v2 "$WORK/config.toml"; else ctr_config_v3 "$WORK/config.toml"; fi
+ctr_images
 
 cat > "$WORK/inner.sh" <<'INNER'
 set -uo pipefail
 WORK=$1; CRIBIN=$2; NET=$3; PREFIX=$4; MASK=$5; SUITE=$6; STACK=$7
+. tests/containerd/lib.sh
 [ -z "$STACK" ] || PATH=$STACK:$PATH
 HFSTATE=$WORK/var-lib-cni/holdfast
 GW=$PREFIX.1
-pass=0; fail=0
-ok()  { pass=$((pass+1)); echo "ok   - $*"; }
-bad() { fail=$((fail+1)); echo "FAIL - $*"; }
-for m in /etc/cni/net.d:etc-cni /opt/cni/bin:opt-cni /var/lib/cni:var-lib-cni /run/containerd:run-containerd /var/run/netns:netns; do
-  mkdir -p "${m%%:*}" && mount --bind "$WORK/${m##*:}" "${m%%:*}" || { echo "FAIL - mount ${m%%:*}"; exit 1; }
-done
+in_mounts
 containerd --config "$WORK/config.toml" >"$WORK/containerd.log" 2>&1 &
 CPID=$!
-ctr() { command ctr -a "$WORK/containerd.sock" -n e2e "$@"; }
-for _ in $(seq 1 100); do ctr version >/dev/null 2>&1 && break; sleep 0.2; done
-ctr version >/dev/null 2>&1 && ok "containerd $(containerd --version | awk '{print $3}') up in the node netns" || { bad "containerd did not start"; tail "$WORK/containerd.log"; exit 1; }
+in_await_containerd && ok "containerd $(containerd --version | awk '{print $3}') up in the node netns" || { bad "containerd did not start"; tail "$WORK/containerd.log"; exit 1; }
 ctr images import "$WORK/busybox.tar" >/dev/null 2>&1 && ok "busybox image imported offline" || bad "ctr images import"
 
 ctr run --rm --cni docker.io/hf/busybox:e2e c1 sh -c \
@@ -153,10 +73,6 @@ if [ "$left_links$left_recs$left_leases" = 000 ]; then ok "after exit ctr ran DE
 else bad "left after exit: $left_links links, $left_recs records, $left_leases leases"; fi
 
 # ---- CRI: what the kubelet does for a pod with bandwidth annotations ----
-cri() { "$CRIBIN" "$WORK/containerd.sock" "$@"; }
-# The calls holdfast got for container $1 and verb $2, oldest first.
-calls() { ls "$WORK/calls" | grep "\\.$2\\.env\$" | sed 's/\.env$//' | while read -r c; do
-  grep -q "^CNI_CONTAINERID=$1\$" "$WORK/calls/$c.env" && echo "$WORK/calls/$c"; done; }
 ctr -n k8s.io images import "$WORK/pause.tar" >/dev/null 2>&1 && ok "pause image imported into k8s.io" || bad "ctr -n k8s.io images import pause"
 SB=$(cri run web-0 e2e-ns 2f9c7a1e-e2e kubernetes.io/ingress-bandwidth=10M kubernetes.io/egress-bandwidth=20M 2>"$WORK/cri.err")
 if [ -n "$SB" ]; then ok "RunPodSandbox: sandbox ${SB:0:12}"; else bad "RunPodSandbox: $(cat "$WORK/cri.err")"; tail -5 "$WORK/containerd.log"; fi
@@ -262,5 +178,4 @@ kill "$CPID"; wait "$CPID" 2>/dev/null
 echo "$SUITE e2e: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]
 INNER
-# nsenter, not `ip netns exec`: the latter remounts /sys and hides the cgroup mounts runc needs.
-nsenter --net="/var/run/netns/$NODE" unshare -m --propagation private bash "$WORK/inner.sh" "$WORK" "$CRI" "$NET" "$PREFIX" "$MASK" "$SUITE" "$STACK"
+ctr_enter "$WORK/inner.sh" "$WORK" "$CRI" "$NET" "$PREFIX" "$MASK" "$SUITE" "$STACK"
