@@ -3,6 +3,10 @@
 //!
 //!   cri SOCKET run NAME NAMESPACE UID [ANNOTATION=VALUE ...]   prints the sandbox ID
 //!   cri SOCKET ip ID                                           prints the pod's IP
+//!   cri SOCKET state ID                     prints the sandbox's state (SANDBOX_READY, ...)
+//!   cri SOCKET create SANDBOX NAME NAMESPACE UID IMAGE CMD...  prints the container ID
+//!   cri SOCKET start CONTAINER
+//!   cri SOCKET cstate CONTAINER             prints the container's state (CONTAINER_RUNNING, ...)
 //!   cri SOCKET stop ID | remove ID
 //!   cri SOCKET list                                            prints one sandbox ID a line
 //!   cri SOCKET status           prints `NetworkReady=true` or `NetworkReady=false REASON: MESSAGE`
@@ -10,9 +14,11 @@
 use hyper_util::rt::TokioIo;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
-    LinuxPodSandboxConfig, ListPodSandboxRequest, PodSandboxConfig, PodSandboxMetadata,
-    PodSandboxStatusRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StatusRequest,
-    StopPodSandboxRequest,
+    ContainerConfig, ContainerMetadata, ContainerState, ContainerStatusRequest,
+    CreateContainerRequest, ImageSpec, LinuxContainerConfig, LinuxPodSandboxConfig,
+    ListPodSandboxRequest, PodSandboxConfig, PodSandboxMetadata, PodSandboxState, PodSandboxStatus,
+    PodSandboxStatusRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
+    StatusRequest, StopPodSandboxRequest,
 };
 use std::collections::HashMap;
 use std::time::Duration;
@@ -38,6 +44,27 @@ async fn connect(socket: String) -> Result<Client, String> {
     Ok(RuntimeServiceClient::new(channel))
 }
 
+/// The pod's config as the kubelet sends it: on RunPodSandbox, and again with each CreateContainer.
+fn sandbox_config(
+    name: &str,
+    namespace: &str,
+    uid: &str,
+    annotations: HashMap<String, String>,
+) -> PodSandboxConfig {
+    PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: name.to_string(),
+            uid: uid.to_string(),
+            namespace: namespace.to_string(),
+            attempt: 0,
+        }),
+        hostname: name.to_string(),
+        annotations,
+        linux: Some(LinuxPodSandboxConfig::default()),
+        ..Default::default()
+    }
+}
+
 /// `run NAME NAMESPACE UID [K=V ...]`: RunPodSandbox with those annotations; `Err(None)` is a
 /// usage error.
 async fn run_pod(c: &mut Client, args: &[String]) -> Result<String, Option<String>> {
@@ -49,26 +76,75 @@ async fn run_pod(c: &mut Client, args: &[String]) -> Result<String, Option<Strin
         .filter_map(|kv| kv.split_once('='))
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    let config = PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: name.clone(),
-            uid: uid.clone(),
-            namespace: namespace.clone(),
-            attempt: 0,
-        }),
-        hostname: name.clone(),
-        annotations,
-        linux: Some(LinuxPodSandboxConfig::default()),
-        ..Default::default()
-    };
     let r = c
         .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(config),
+            config: Some(sandbox_config(name, namespace, uid, annotations)),
             runtime_handler: String::new(),
         })
         .await
         .map_err(|e| Some(format!("RunPodSandbox: {}: {}", e.code(), e.message())))?;
     Ok(r.into_inner().pod_sandbox_id)
+}
+
+/// `create SANDBOX NAME NAMESPACE UID IMAGE CMD...`: CreateContainer in a sandbox made by `run`
+/// with NAME NAMESPACE UID (the container is named NAME too); `Err(None)` is a usage error.
+async fn create_container(c: &mut Client, args: &[String]) -> Result<String, Option<String>> {
+    let [_, sandbox, name, namespace, uid, image, command @ ..] = args else {
+        return Err(None);
+    };
+    let config = ContainerConfig {
+        metadata: Some(ContainerMetadata {
+            name: name.clone(),
+            attempt: 0,
+        }),
+        image: Some(ImageSpec {
+            image: image.clone(),
+            ..Default::default()
+        }),
+        command: command.to_vec(),
+        linux: Some(LinuxContainerConfig::default()),
+        ..Default::default()
+    };
+    let r = c
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: sandbox.clone(),
+            config: Some(config),
+            sandbox_config: Some(sandbox_config(name, namespace, uid, HashMap::new())),
+        })
+        .await
+        .map_err(|e| Some(format!("CreateContainer: {}: {}", e.code(), e.message())))?;
+    Ok(r.into_inner().container_id)
+}
+
+async fn sandbox_status(c: &mut Client, id: String) -> Result<PodSandboxStatus, String> {
+    c.pod_sandbox_status(PodSandboxStatusRequest {
+        pod_sandbox_id: id,
+        verbose: false,
+    })
+    .await
+    .map_err(|e| format!("PodSandboxStatus: {}: {}", e.code(), e.message()))?
+    .into_inner()
+    .status
+    .ok_or_else(|| "PodSandboxStatus: no status".to_string())
+}
+
+/// The state of a container as the kubelet reads it (CONTAINER_RUNNING, ...).
+async fn container_state(c: &mut Client, id: String) -> Result<String, String> {
+    let r = c
+        .container_status(ContainerStatusRequest {
+            container_id: id,
+            verbose: false,
+        })
+        .await
+        .map_err(|e| format!("ContainerStatus: {}: {}", e.code(), e.message()))?;
+    let state = r
+        .into_inner()
+        .status
+        .ok_or_else(|| "ContainerStatus: no status".to_string())?
+        .state;
+    Ok(ContainerState::try_from(state)
+        .map(|s| s.as_str_name().to_string())
+        .unwrap_or_else(|_| format!("state {state}")))
 }
 
 /// The runtime's NetworkReady condition, as the kubelet reads it from its `Status` poll (a
@@ -93,7 +169,9 @@ async fn network_ready(c: &mut Client) -> Result<String, String> {
 
 async fn run(mut c: Client, args: &[String]) -> Result<String, String> {
     let usage = || {
-        "usage: cri SOCKET run NAME NAMESPACE UID [K=V ...] | ip ID | stop ID | remove ID | list | status"
+        "usage: cri SOCKET run NAME NAMESPACE UID [K=V ...] | ip ID | state ID \
+         | create SANDBOX NAME NAMESPACE UID IMAGE CMD... | start ID | cstate ID | stop ID \
+         | remove ID | list | status"
             .to_string()
     };
     let id = || args.get(1).cloned().ok_or_else(usage);
@@ -102,21 +180,30 @@ async fn run(mut c: Client, args: &[String]) -> Result<String, String> {
         Some("run") => run_pod(&mut c, args)
             .await
             .map_err(|e| e.unwrap_or_else(usage)),
-        Some("ip") => {
-            let r = c
-                .pod_sandbox_status(PodSandboxStatusRequest {
-                    pod_sandbox_id: id()?,
-                    verbose: false,
-                })
-                .await
-                .map_err(|e| fail("PodSandboxStatus", e))?;
-            r.into_inner()
-                .status
-                .and_then(|s| s.network)
-                .map(|n| n.ip)
-                .filter(|ip| !ip.is_empty())
-                .ok_or_else(|| "PodSandboxStatus: no network status".to_string())
+        Some("ip") => sandbox_status(&mut c, id()?)
+            .await?
+            .network
+            .map(|n| n.ip)
+            .filter(|ip| !ip.is_empty())
+            .ok_or_else(|| "PodSandboxStatus: no network status".to_string()),
+        Some("state") => {
+            let state = sandbox_status(&mut c, id()?).await?.state;
+            Ok(PodSandboxState::try_from(state)
+                .map(|s| s.as_str_name().to_string())
+                .unwrap_or_else(|_| format!("state {state}")))
         }
+        Some("create") => create_container(&mut c, args)
+            .await
+            .map_err(|e| e.unwrap_or_else(usage)),
+        Some("start") => {
+            c.start_container(StartContainerRequest {
+                container_id: id()?,
+            })
+            .await
+            .map_err(|e| fail("StartContainer", e))?;
+            Ok(String::new())
+        }
+        Some("cstate") => container_state(&mut c, id()?).await,
         Some("stop") => {
             c.stop_pod_sandbox(StopPodSandboxRequest {
                 pod_sandbox_id: id()?,
