@@ -56,6 +56,7 @@ if [ "$(id -u)" -eq 0 ]; then
   echo "== tests/stack/build.sh"
   STACK=$(tests/stack/build.sh)
   e2e_run tests/containerd/run.sh "$STACK"
+  e2e_run tests/containerd/upgrade.sh "$STACK"
 fi
 e2e_run tests/apiserver/run.sh
 e2e_run tests/kubernetes/run.sh

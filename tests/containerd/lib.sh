@@ -121,6 +121,15 @@ ctr_enter() {
   nsenter --net="/var/run/netns/$NODE" unshare -m --propagation private bash "$@"
 }
 
+# The pids of this run's shims: their command line names this run's socket (unique to $WORK).
+ctr_shim_pids() {
+  local c
+  for c in /proc/[0-9]*/cmdline; do
+    tr '\0' ' ' 2>/dev/null <"$c" | grep -q "^[^ ]*containerd-shim[^ ]* .*-address $WORK/containerd.sock " \
+      && { c=${c#/proc/}; echo "${c%/cmdline}"; }
+  done
+}
+
 # ---- inside: WORK and CRIBIN set ----
 pass=0; fail=0
 ok()  { pass=$((pass+1)); echo "ok   - $*"; }
