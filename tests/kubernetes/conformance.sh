@@ -43,10 +43,19 @@ CONF
   PIDS+=($!)
 }
 
-# "name status" per spec of a ginkgo JUnit report (status: passed, failed, skipped, ...).
+# "status<TAB>name<TAB>why" per [It] spec of a ginkgo JUnit report (status: passed, failed,
+# skipped, ...; why: the reason a spec skipped itself at run time, empty for the specs the
+# focus and skip expressions left out).
 junit_specs() {
-  sed -n 's/.*<testcase name="\([^"]*\)" classname="[^"]*" status="\([^"]*\)".*/\2 \1/p' "$1" \
-    | sed 's/&#39;/'"'"'/g; s/&quot;/"/g; s/&amp;/\&/g; s/&lt;/</g; s/&gt;/>/g' | grep -v '^[a-z]* \[\(Synchronized\)\?\(Before\|After\)Suite\]'
+  awk '
+    /<testcase name="\[It\]/ {
+      if (name != "") print st "\t" name "\t" why
+      name = $0; sub(/.*<testcase name="\[It\] /, "", name); sub(/" classname=.*/, "", name)
+      st = $0; sub(/.*status="/, "", st); sub(/".*/, "", st); why = ""
+    }
+    /<skipped message="skipped - / { why = $0; sub(/.*<skipped message="skipped - /, "", why); sub(/".*/, "", why) }
+    END { if (name != "") print st "\t" name "\t" why }
+  ' "$1" | sed "s/&#39;/'/g; s/&quot;/\"/g; s/&amp;/\\&/g; s/&lt;/</g; s/&gt;/>/g"
 }
 
 conformance() {
@@ -67,14 +76,14 @@ conformance() {
   t0=$(date +%s)
   in_cp "$GINKGO" --procs="$procs" --no-color --timeout=45m --focus="$CONFORMANCE_FOCUS" --skip="$skip" \
     --junit-report=junit.xml --output-dir="$C" "$K/e2e.test" -- \
-    --provider=skeleton --kubeconfig="$W/admin.kubeconfig" --kubectl-path="$K/kubectl" \
+    --provider=skeleton --num-nodes=2 --kubeconfig="$W/admin.kubeconfig" --kubectl-path="$K/kubectl" \
     --report-dir="$C/report" >"$C/e2e.log" 2>&1
   rc=$?
   local np=0 nf=0 line st name
-  while read -r st name; do
+  while IFS=$'\t' read -r st name why; do
     case $st in
       passed) np=$((np+1)); echo "ok   - $name";;
-      skipped) ;;
+      skipped) [ -z "$why" ] || echo "skip - $name: $why";;
       *) nf=$((nf+1)); echo "FAIL - $name ($st)";;
     esac
   done < <(junit_specs "$C/junit.xml" 2>/dev/null)
@@ -85,7 +94,7 @@ conformance() {
       --provider=skeleton 2>/dev/null | grep -E '^\[sig-' | sed 's/ \[sig-[^]]*\]$//' | grep -E "${s%%|*}" \
       | while read -r line; do echo "skip - $line: ${s#*|}"; done
   done
-  echo "conformance e2e: ran in $(( $(date +%s) - t0 )) s with $procs ginkgo processes; $(grep -E '^(Ran|SUCCESS|FAIL)' "$C/e2e.log" | tr '\n' ' ')"
+  echo "conformance e2e: ran in $(( $(date +%s) - t0 )) s with $procs ginkgo processes; $(grep -a -E '^(Ran|SUCCESS|FAIL)' "$C/e2e.log" | tr '\n' ' ')"
   [ "$np" -gt 0 ] || { nf=$((nf+1)); echo "FAIL - no spec passed (ginkgo exit $rc): $(tail -5 "$C/e2e.log" | tr '\n' ' ')"; }
   [ "$rc" -eq 0 ] || [ "$nf" -gt 0 ] || { nf=$((nf+1)); echo "FAIL - ginkgo exited $rc: $(tail -5 "$C/e2e.log" | tr '\n' ' ')"; }
   echo "conformance e2e: $np passed, $nf failed"

@@ -28,7 +28,12 @@ with_libs() {
 }
 t="$d/tools"
 oci_busybox_rootfs "$t"
+# As upstream's image: /agnhost (and agnhost-2), porter's TLS pair at /, /uploads, a user and
+# groups defined in the image.
 install -m 0755 "$K/agnhost" "$t/agnhost"
+ln -s agnhost "$t/agnhost-2"
+cp "$K/../agnhost-files/localhost.crt" "$K/../agnhost-files/localhost.key" "$t/"
+mkdir -p "$t/uploads"
 rm -f "$t/bin/sh" "$t/bin/nc" "$t/bin/wget"
 with_libs "$t" /bin/dash && ln -sf dash "$t/bin/sh"
 with_libs "$t" /usr/bin/curl
@@ -36,8 +41,8 @@ with_libs "$t" /usr/bin/dig
 with_libs "$t" /usr/bin/getent
 with_libs "$t" /usr/bin/nc.openbsd && ln -sf nc.openbsd "$t/bin/nc"
 ln -sf busybox "$t/bin/wget"
-printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' > "$t/etc/passwd"
-printf 'root:x:0:\nnogroup:x:65534:\n' > "$t/etc/group"
+printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\nuser-defined-in-image:x:1000:1000::/home/user-defined-in-image:/bin/sh\n' > "$t/etc/passwd"
+printf 'root:x:0:\nnogroup:x:65534:\nuser-defined-in-image:x:1000:\ngroup-defined-in-image:x:50000:user-defined-in-image\n' > "$t/etc/group"
 printf 'hosts: files dns\n' > "$t/etc/nsswitch.conf"
 chmod 1777 "$t/tmp"
 ENV='"Env":["PATH=/bin:/usr/bin:/sbin:/usr/sbin"]'

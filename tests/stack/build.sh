@@ -126,6 +126,10 @@ kube_e2e() {
   go get -t "k8s.io/kubernetes/test/e2e@v$K8S" "k8s.io/kubernetes/test/images/agnhost@v$K8S" >&2
   nice -n 19 go test -c -trimpath -ldflags "-s -w" -o "$OUT/bin/e2e.test" k8s.io/kubernetes/test/e2e >&2
   nice -n 19 go build -trimpath -ldflags "-s -w" -o "$OUT/bin/agnhost" k8s.io/kubernetes/test/images/agnhost >&2
+  # The TLS pair agnhost's image carries for its porter (the Proxy conformance specs use it).
+  local src; src=$(go list -m -f '{{.Dir}}' k8s.io/kubernetes)/test/images/agnhost/porter
+  mkdir -p "$OUT/agnhost-files"
+  cp "$src/localhost.crt" "$src/localhost.key" "$OUT/agnhost-files/"
   cd "$ROOT"
 }
 # The ginkgo CLI of the version e2e.test is built with: it runs e2e.test's specs in parallel.
@@ -153,7 +157,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   timed "Kubernetes v$K8S ${missing[*]}" kube_build "${missing[@]}"
 fi
 if [ "${1:-}" = e2e ]; then
-  [ -x "$OUT/bin/agnhost" ] || timed "e2e.test and agnhost v$K8S" kube_e2e
+  [ -x "$OUT/bin/agnhost" ] && [ -f "$OUT/agnhost-files/localhost.key" ] || timed "e2e.test and agnhost v$K8S" kube_e2e
   [ -x "$OUT/bin/ginkgo" ] || timed "ginkgo (e2e.test's version)" ginkgo_build
   [ -x "$OUT/bin/coredns" ] || timed "CoreDNS v$COREDNS" coredns_build
 fi
