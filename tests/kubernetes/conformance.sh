@@ -100,6 +100,13 @@ conformance() {
   echo "conformance e2e: ran in $(( $(date +%s) - t0 )) s with $procs ginkgo processes; $(grep -a -E '^(Ran|SUCCESS|FAIL)' "$C/e2e.log" | tr '\n' ' ')"
   [ "$np" -gt 0 ] || { nf=$((nf+1)); echo "FAIL - no spec passed (ginkgo exit $rc): $(tail -5 "$C/e2e.log" | tr '\n' ' ')"; }
   [ "$rc" -eq 0 ] || [ "$nf" -gt 0 ] || { nf=$((nf+1)); echo "FAIL - ginkgo exited $rc: $(tail -5 "$C/e2e.log" | tr '\n' ' ')"; }
+  # The tests' namespaces and CoreDNS gone before the next phase counts what is left on the nodes.
+  kc delete -f tests/kubernetes/coredns.yaml --wait=false >/dev/null 2>&1
+  e2e_gone() {
+    [ -z "$(kc get pods -A --no-headers 2>/dev/null | awk '$1 != "kube-system" && $1 != "default"')" ] &&
+      [ -z "$(kc -n kube-system get pods -l k8s-app=kube-dns -o name 2>/dev/null)" ]
+  }
+  wait_for 300 e2e_gone || { nf=$((nf+1)); echo "FAIL - pods of the tests left: $(kc get pods -A --no-headers 2>&1 | grep -v '^kube-system\|^default' | head -3 | tr '\n' ';')"; }
   echo "conformance e2e: $np passed, $nf failed"
   [ "$nf" -eq 0 ] && ok "Kubernetes $KVER conformance ($CONFORMANCE_FOCUS): $np passed" \
     || bad "Kubernetes $KVER conformance: $nf failed (specs above; log $C/e2e.log)"
