@@ -20,8 +20,13 @@ CONFORMANCE_FOCUS='\[sig-network\].*\[Conformance\]|Networking Granular Checks'
 # control plane's own traffic only: it forwards no pod packet (so pod-to-pod traffic between
 # the nodes stays holdfast's: direct on one segment, VXLAN across the two).
 cp_agent() {
-  local C=$1 d
-  for d in -s -d; do in_cp iptables -A FORWARD "$d" 10.42.0.0/16 -j DROP; done
+  local C=$1 s
+  # Packets the control plane routes for the node segments look up a table that has the segments
+  # and nothing else (iptables would not do: the segments' bridged frames cross FORWARD too).
+  for s in 0 1; do
+    ip -n "$CP" route add "10.44.$s.0/24" dev "kbr$s" table 100
+    ip -n "$CP" rule add iif "kbr$s" lookup 100 pref 100
+  done
   mkdir -p "$C/cp/sa" "$C/cp/state"
   cp "$W/pki/ca.crt" "$C/cp/sa/ca.crt"
   printf '%s' "$ADMIN" > "$C/cp/sa/token"
