@@ -22,11 +22,12 @@ CONFORMANCE_FOCUS='\[sig-network\].*\[Conformance\]|Networking Granular Checks'
 cp_agent() {
   local C=$1 s
   # Packets the control plane routes for the node segments look up a table that has the segments
-  # and nothing else (iptables would not do: the segments' bridged frames cross FORWARD too).
+  # and nothing else, ending there (iptables would not do: the segments' bridged frames cross FORWARD too).
   for s in 0 1; do
     ip -n "$CP" route add "10.44.$s.0/24" dev "kbr$s" table 100
     ip -n "$CP" rule add iif "kbr$s" lookup 100 pref 100
   done
+  ip -n "$CP" route add unreachable default table 100
   mkdir -p "$C/cp/sa" "$C/cp/state"
   cp "$W/pki/ca.crt" "$C/cp/sa/ca.crt"
   printf '%s' "$ADMIN" > "$C/cp/sa/token"
