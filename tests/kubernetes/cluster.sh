@@ -211,6 +211,7 @@ oomScoreAdj: 0
 volumePluginDir: $N/volume-plugins
 resolvConf: $W/resolv.conf
 clusterDomain: cluster.local
+clusterDNS: [10.43.0.10]
 evictionHard: {memory.available: 100Mi, nodefs.available: 1%, imagefs.available: 1%, nodefs.inodesFree: 1%}
 healthzBindAddress: 127.0.0.1
 readOnlyPort: 0

@@ -21,13 +21,15 @@ cd "$(dirname "$0")/../.."
 ROOT=$PWD
 [ "$(id -u)" -eq 0 ] || { echo "kubernetes e2e: needs root"; exit 1; }
 # Debian 12's runc and busybox; everything else is the current stack of tests/stack/build.sh.
-for p in runc busybox-static iptables openssl; do
+# dash, curl, dig and OpenBSD's nc go into the conformance tests' tool image (images.sh).
+for p in runc busybox-static iptables openssl bind9-dnsutils netcat-openbsd curl; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' \
     || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$p" >/dev/null
 done
 T_BUILD=$(date +%s)
 SUITE=kubernetes
-K=$(tests/stack/build.sh) || { echo "$SUITE e2e: could not build the current stack"; exit 1; }
+K=$(tests/stack/build.sh e2e) || { echo "$SUITE e2e: could not build the current stack"; exit 1; }
+GINKGO=$K/ginkgo
 PLUGINS=$(realpath "$K/../cni")
 # etcd, containerd, its shim and ctr of the stack before anything of the machine's, here and in
 # the nodes.
@@ -42,6 +44,7 @@ read -r _ IMAGE < <(scripts/build-image.sh "$W/images/holdfast.tar")
 [ -s "$W/images/holdfast.tar" ] || { echo "kubernetes e2e: image build failed"; exit 1; }
 tests/containerd/image.sh "$W/images/busybox.tar" docker.io/hf/busybox:e2e
 tests/containerd/image.sh "$W/images/pause.tar" docker.io/hf/pause:e2e '["/bin/sleep","2147483647"]'
+tests/kubernetes/images.sh "$W/images" "$K"
 echo "$SUITE e2e: binaries, image and release build ready in $(( $(date +%s) - T_BUILD )) s"
 
 pass=0; fail=0
@@ -90,6 +93,7 @@ source tests/kubernetes/cluster.sh
 source tests/kubernetes/checks.sh
 source tests/kubernetes/drill.sh
 source tests/kubernetes/night.sh
+source tests/kubernetes/conformance.sh
 
 T_UP=$(date +%s)
 pki && control_plane || { bad "control plane did not come up"; echo "$SUITE e2e: $pass passed, $fail failed"; exit 1; }
@@ -99,7 +103,7 @@ grep -q "image: $IMAGE\$" conf/kubernetes/holdfast.yaml && ok "scripts/build-ima
 for i in 1 2; do node_files "$i"; node_net "$i"; boot_node "$i"; done
 # The phases in order. HF_K8S_PHASES (space-separated names) runs a subset while working on one
 # of them: the install and pods phases are the cluster the others stand on.
-ALL_PHASES="install routing pods token drill move night teardown"
+ALL_PHASES="install routing pods token drill move night conformance teardown"
 phase() { # NAME FUNCTION [ARGS...]
   local name=$1; shift
   case " ${HF_K8S_PHASES:-$ALL_PHASES} " in *" $name "*) "$@";; esac
@@ -112,6 +116,7 @@ phase drill drill
 phase token token_current
 phase move checks_move
 phase night night
+phase conformance conformance
 phase teardown checks_teardown
 echo "$SUITE e2e: cluster run took $(( $(date +%s) - T_UP )) s"
 echo "$SUITE e2e: $pass passed, $fail failed"

@@ -12,7 +12,7 @@
 #     nothing is installed system-wide). runc stays Debian 12's.
 # Every Go build runs under `nice -n 19`. Needs Go >= 1.26 (the release's go.mod says so).
 # Usage: tests/stack/build.sh [e2e]   (e2e: also e2e.test of the same release, `go test -c`, its
-#   agnhost, and CoreDNS v$COREDNS, the version that release's kubeadm deploys)
+#   agnhost, the ginkgo CLI that runs it in parallel, and CoreDNS v$COREDNS, the version that release's kubeadm deploys)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -126,6 +126,16 @@ kube_e2e() {
   go get -t "k8s.io/kubernetes/test/e2e@v$K8S" "k8s.io/kubernetes/test/images/agnhost@v$K8S" >&2
   nice -n 19 go test -c -trimpath -ldflags "-s -w" -o "$OUT/bin/e2e.test" k8s.io/kubernetes/test/e2e >&2
   nice -n 19 go build -trimpath -ldflags "-s -w" -o "$OUT/bin/agnhost" k8s.io/kubernetes/test/images/agnhost >&2
+  # The TLS pair agnhost's image carries for its porter (the Proxy conformance specs use it).
+  local src; src=$(go list -m -f '{{.Dir}}' k8s.io/kubernetes)/test/images/agnhost/porter
+  mkdir -p "$OUT/agnhost-files"
+  cp "$src/localhost.crt" "$src/localhost.key" "$OUT/agnhost-files/"
+  cd "$ROOT"
+}
+# The ginkgo CLI of the version e2e.test is built with: it runs e2e.test's specs in parallel.
+ginkgo_build() {
+  cd "$OUT/src/kubernetes"
+  nice -n 19 go build -trimpath -ldflags "-s -w" -o "$OUT/bin/ginkgo" github.com/onsi/ginkgo/v2/ginkgo >&2
   cd "$ROOT"
 }
 # CoreDNS, the version kubeadm of this release deploys (its plugin list is generated in the module).
@@ -147,7 +157,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   timed "Kubernetes v$K8S ${missing[*]}" kube_build "${missing[@]}"
 fi
 if [ "${1:-}" = e2e ]; then
-  [ -x "$OUT/bin/agnhost" ] || timed "e2e.test and agnhost v$K8S" kube_e2e
+  [ -x "$OUT/bin/agnhost" ] && [ -f "$OUT/agnhost-files/localhost.key" ] || timed "e2e.test and agnhost v$K8S" kube_e2e
+  [ -x "$OUT/bin/ginkgo" ] || timed "ginkgo (e2e.test's version)" ginkgo_build
   [ -x "$OUT/bin/coredns" ] || timed "CoreDNS v$COREDNS" coredns_build
 fi
 
