@@ -720,10 +720,10 @@ const STORM: usize = 200;
 /// a fresh cache (which needs no API). A wave is one probe: one ADD waits on the API (counted
 /// from stateDir/counters/add-asked), the others take the cache or the prober's answer.
 ///
-/// The first storm of a run is faster than any storm after it, whatever its cache (a fresh-cache
-/// storm repeated after the outage storms measured 1.02-1.63 x the first one's p50): so a warm-up
-/// storm comes first, and the fresh-cache storm runs before and after the outage storms, which
-/// are compared with the mean of the two.
+/// Identical storms differ as much as the cache does, and the run's first storm was the fastest
+/// (a fresh-cache storm repeated after the outage storms measured 1.02-1.63 x the first one's
+/// p50 in six runs): so a warm-up storm comes first, and the fresh-cache storm runs before and
+/// after the outage storms, which are compared with the mean of the two.
 fn storm(b: &Bench, api: &ApiWorld) {
     println!(
         "\n| boot storm: {STORM} ADDs at once, timeoutMs {TIMEOUT_MS} | ADD p50 | ADD p99 | max | wall ms | errors | ADDs that asked the API | p50 / fresh p50 |"
