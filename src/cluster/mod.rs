@@ -73,36 +73,42 @@ pub async fn for_add(kube: &KubeConf, state_dir: &Path) -> Result<ClusterInfo> {
     }
     // Past this point the ADD is on the slow path: nothing here touches a fresh cache's ADD.
     let started = std::time::Instant::now();
+    // A wave's ADDs come together on a busy node, so what each of them does, all of them do:
+    // while a probe is in flight, one with a usable cache takes it before it reads the
+    // kubeconfig or the remembered health.
+    let claim = probe::claim(state_dir);
+    if let probe::Claim::Busy(_) = &claim
+        && let Some(c) = cached.as_ref().filter(|c| within_max_stale(kube, c))
+    {
+        tracing::info!(
+            "another holdfast invocation is asking the Kubernetes API; using cluster info cached {}",
+            c.describe_age()
+        );
+        served::set(served::CACHE);
+        return Ok(c.clone());
+    }
+    // Whatever returns from here without probing drops a prober's claim unanswered: the ADDs
+    // waiting on it then probe themselves.
     let base = match client::load_config(kube).await {
         Ok(b) => b,
         Err(a) => return fall_back(kube, cached, &[a]),
     };
     let endpoints = endpoints_of(cached.as_ref(), &base);
-    let h = health::load(state_dir);
     if cached.is_some()
-        && let Plan::Remembered(failures) = plan(&h, &base.label, &endpoints, kube)
+        && let Plan::Remembered(failures) =
+            plan(&health::load(state_dir), &base.label, &endpoints, kube)
     {
         return fall_back(kube, cached, &failures);
     }
-    match probe::claim(state_dir) {
+    match claim {
         probe::Claim::Prober(p) => as_prober(kube, state_dir, &node, &base, cached, p, None).await,
-        probe::Claim::Busy(busy) => match cached {
-            Some(c) if within_max_stale(kube, &c) => {
-                tracing::info!(
-                    "another holdfast invocation is asking the Kubernetes API; using cluster info cached {}",
-                    c.describe_age()
-                );
-                served::set(served::CACHE);
-                Ok(c)
-            }
-            cached => {
-                // The prober that came a moment before this ADD answers a moment after its
-                // deadline: a little grace lets this one hear it instead of timing out.
-                let deadline =
-                    started + std::time::Duration::from_millis(kube.timeout_ms) + probe::WAIT_GRACE;
-                waiter(kube, state_dir, &node, &base, cached, busy, deadline).await
-            }
-        },
+        probe::Claim::Busy(busy) => {
+            // The prober that came a moment before this ADD answers a moment after its
+            // deadline: a little grace lets this one hear it instead of timing out.
+            let deadline =
+                started + std::time::Duration::from_millis(kube.timeout_ms) + probe::WAIT_GRACE;
+            waiter(kube, state_dir, &node, &base, cached, busy, deadline).await
+        }
     }
 }
 
@@ -407,4 +413,46 @@ fn remember(state_dir: &Path, outcome: &client::Outcome, now: u64) {
         seen.push((info.fetched_from.clone(), health::State::Ok, None));
     }
     health::record(state_dir, &seen, now);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_usable_cache_is_taken_without_the_kubeconfig_while_a_probe_is_in_flight() {
+        let dir = std::env::temp_dir().join(format!("hf-wave-busy-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // Opening a FIFO to read it waits for a writer, and none comes: an ADD that reads this
+        // kubeconfig never returns.
+        let kubeconfig = dir.join("kubeconfig");
+        nix::unistd::mkfifo(&kubeconfig, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let info = ClusterInfo {
+            node_name: "n1".into(),
+            node_uid: "uid".into(),
+            pod_cidrs: vec!["10.42.0.0/24".parse().unwrap()],
+            api_endpoints: vec![],
+            fetched_unix: crate::state::now_unix() - 300,
+            fetched_from: "10.43.0.1:443".into(),
+        };
+        cache::store(&dir, &info).unwrap();
+        let kube: KubeConf = serde_json::from_value(serde_json::json!({
+            "kubeconfig": kubeconfig, "nodeName": "n1", "refreshSeconds": 0}))
+        .unwrap();
+        let probe::Claim::Prober(_in_flight) = probe::claim(&dir) else {
+            panic!("nobody else probes this stateDir")
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        let d = dir.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(crate::runtime::block_on(for_add(&kube, &d)));
+        });
+        let got = rx.recv_timeout(Duration::from_secs(5)).expect(
+            "the ADD read the kubeconfig while a probe was in flight (blocked on the FIFO)",
+        );
+        assert_eq!(got.unwrap(), info);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
