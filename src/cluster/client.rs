@@ -106,6 +106,9 @@ fn head_start(budget: Duration) -> Duration {
     (budget / 4).min(Duration::from_millis(250))
 }
 
+/// A kubeconfig with a few embedded certificates is tens of KiB.
+const MAX_KUBECONFIG: usize = 1 << 20;
+
 /// Reads and checks the kubeconfig. No credential is touched yet.
 pub async fn load_config(kube: &KubeConf) -> Result<Base, Attempt> {
     let fail = |e: String| Attempt {
@@ -113,6 +116,14 @@ pub async fn load_config(kube: &KubeConf) -> Result<Base, Attempt> {
         error: truncate(&e),
         kind: Kind::Config,
     };
+    // kube reads the file with a plain blocking read: a FIFO there would hang the ADD with no
+    // deadline, and a huge file would be read whole. Refused here first (non-blocking, regular
+    // files only, bounded); kube then reads it for the relative paths it resolves.
+    match crate::state::at::read_following(&kube.kubeconfig, MAX_KUBECONFIG) {
+        Ok(Some(_)) => {}
+        Ok(None) => return Err(fail("kubeconfig: no such file".into())),
+        Err(e) => return Err(fail(format!("kubeconfig: {e}"))),
+    }
     let kc =
         Kubeconfig::read_from(&kube.kubeconfig).map_err(|e| fail(format!("kubeconfig: {e}")))?;
     let mut cfg = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
@@ -574,6 +585,28 @@ fn truncate(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fifo_at_the_kubeconfig_is_refused_at_once() {
+        let dir = std::env::temp_dir().join(format!("hf-kc-fifo-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let kubeconfig = dir.join("kubeconfig");
+        nix::unistd::mkfifo(&kubeconfig, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let kube: KubeConf =
+            serde_json::from_value(serde_json::json!({"kubeconfig": kubeconfig})).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let got = crate::runtime::block_on(async { Ok(load_config(&kube).await.err()) });
+            let _ = tx.send(got.ok().flatten());
+        });
+        let got = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("load_config blocked on a FIFO at the kubeconfig path");
+        let e = got.expect("a FIFO is not a kubeconfig");
+        assert_eq!(e.kind, Kind::Config);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn ports_from_the_api_are_checked() {
