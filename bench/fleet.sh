@@ -200,12 +200,13 @@ update_to_route() {
     "https://10.77.0.1:6443/api/v1/nodes/n-$i/status" &
   local curl=$!
   while [ "$(now_ns)" -lt "$deadline" ]; do
+    # (grep reads it all: `grep -q` would end the dump with SIGPIPE, a failed pipeline.)
     if [ "$mode" = vxlan ]; then
-      bridge -n "$NODE" fdb show dev holdfast-vx | grep -q "^$mac dst $new " \
-        && ip -n "$NODE" neigh show dev holdfast-vx "${cidr%/*}" | grep -q "lladdr $mac" \
+      bridge -n "$NODE" fdb show dev holdfast-vx | grep "^$mac dst $new " >/dev/null \
+        && ip -n "$NODE" neigh show dev holdfast-vx "${cidr%/*}" | grep "lladdr $mac" >/dev/null \
         && { ms_since "$t0"; wait "$curl"; return; }
     else
-      ip -n "$NODE" route show "$cidr" proto 104 | grep -q "via $new " && { ms_since "$t0"; wait "$curl"; return; }
+      ip -n "$NODE" route show "$cidr" proto 104 | grep "via $new " >/dev/null && { ms_since "$t0"; wait "$curl"; return; }
     fi
   done
   wait "$curl"
