@@ -4,6 +4,8 @@
 #   (default: 300 cycles, every scenario, a 1000-cycle soak) — prints markdown tables.
 #   e.g. bench/run.sh --only soak      the ADD/DEL soak alone
 #        bench/run.sh --only storm     the 200-pod boot storm alone
+# Routing at fleet scale (1,000 and 5,000 Nodes in a real kube-apiserver) is a script of its own:
+#   sudo bench/fleet.sh [1000 5000]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # GNU time measures each plugin's peak RSS (bench.rs, Run::Rss).
