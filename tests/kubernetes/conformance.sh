@@ -31,17 +31,8 @@ cp_agent() {
   mkdir -p "$C/cp/sa" "$C/cp/state"
   cp "$W/pki/ca.crt" "$C/cp/sa/ca.crt"
   printf '%s' "$ADMIN" > "$C/cp/sa/token"
-  # What the agent keeps current from the sa dir, there before its first round.
-  install -m 0644 "$C/cp/sa/ca.crt" "$C/cp/holdfast-ca.crt"
-  install -m 0600 "$C/cp/sa/token" "$C/cp/holdfast-token"
-  cat > "$C/cp/holdfast-kubeconfig" <<KC
-apiVersion: v1
-kind: Config
-clusters: [{name: kn, cluster: {server: "https://10.44.0.5:6443", certificate-authority: "$C/cp/holdfast-ca.crt"}}]
-users: [{name: u, user: {tokenFile: "$C/cp/holdfast-token"}}]
-contexts: [{name: c, context: {cluster: kn, user: u}}]
-current-context: c
-KC
+  # The apiserver by its real address, with the admin token: this host is the control plane.
+  kubeconfig "$C/cp/holdfast-kubeconfig" "$ADMIN"
   cat > "$C/cp/holdfast.conflist" <<CONF
 {"cniVersion": "1.0.0", "name": "holdfast", "plugins": [{"type": "holdfast", "stateDir": "$C/cp/state",
   "kubernetes": {"kubeconfig": "$C/cp/holdfast-kubeconfig", "nodeName": "control-plane"},
