@@ -19,20 +19,25 @@ ready_of() { # FIELD of node-1's Ready condition (status, message)
 }
 # A TCP connect from node-1 to $1 port $2 within 3 s.
 connects() { in_n 1 timeout 3 bash -c "exec 3<>/dev/tcp/$1/$2" 2>/dev/null; }
+# node-1's containerd, by the config only it is started with.
 ctrd_pid() {
   local p
-  for p in $(pids_of_node 1); do [ "$(cat "/proc/$p/comm" 2>/dev/null)" = containerd ] && { echo "$p"; return; }; done
+  for p in /proc/[0-9]*; do
+    case $(tr '\0' ' ' < "$p/cmdline" 2>/dev/null) in
+      "containerd --config $W/n1/containerd.toml "*) echo "${p#/proc/}"; return;;
+    esac
+  done
 }
 
 # strace on node-1's containerd for its execs (and their exits): started, then stopped by PID.
 trace_start() {
   local c; c=$(ctrd_pid)
-  [ -n "$c" ] || return 1
+  [ -n "$c" ] || { echo "node-1's containerd not found" > "$W/status.strace.err"; return 1; }
   strace -f -q -v -s 200 -e trace=execve -e signal=none -o "$W/status.strace" -p "$c" 2>"$W/status.strace.err" &
   STRACE=$!
   PIDS+=("$STRACE")
   traced() { grep -q '^TracerPid:[[:space:]]*[1-9]' "/proc/$c/status"; }
-  wait_for 10 traced
+  wait_for 20 traced || { echo "strace not attached to $c in 20 s" >> "$W/status.strace.err"; return 1; }
 }
 trace_stop() { stop_pid "$STRACE"; }
 # "CALLS OK" of holdfast's STATUS execs in the trace: how many, how many exited 0.
