@@ -37,7 +37,7 @@ trace_start() {
   STRACE=$!
   PIDS+=("$STRACE")
   traced() { grep -q '^TracerPid:[[:space:]]*[1-9]' "/proc/$c/status"; }
-  wait_for 20 traced || { echo "strace not attached to $c in 20 s" >> "$W/status.strace.err"; return 1; }
+  wait_for 20 traced || { echo "strace not attached to $c in 20 s" >> "$W/status.strace.err"; trace_stop; return 1; }
 }
 trace_stop() { stop_pid "$STRACE"; }
 # "CALLS OK" of holdfast's STATUS execs in the trace: how many, how many exited 0.
