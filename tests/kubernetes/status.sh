@@ -46,7 +46,8 @@ status_calls() {
   pids=$(grep 'execve("/opt/cni/bin/holdfast"' "$f" | grep '"CNI_COMMAND=STATUS"' | awk '{print $1}')
   for p in $pids; do
     calls=$((calls+1))
-    grep -q "^$p +++ exited with 0 +++" "$f" && zero=$((zero+1))
+    # (strace pads a PID to five columns: "4567  +++ exited ...".)
+    awk -v p="$p" '$1 == p && /\+\+\+ exited with 0 \+\+\+/ {f = 1} END {exit !f}' "$f" && zero=$((zero+1))
   done
   echo "$calls $zero"
 }
