@@ -13,6 +13,14 @@ block_on() { for c in OUTPUT PREROUTING; do in_n "$1" iptables -t raw -A "$c" -d
 unblock_on() { for c in OUTPUT PREROUTING; do in_n "$1" iptables -t raw -D "$c" -d "$2" -j DROP; done; }
 node_ready() { [ "$(kc get node "node-$1" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" = True ]; }
 node_registered() { kc get node "node-$1" >/dev/null 2>&1; }
+# IPv4 address $1 in CIDR $2.
+ip4_int() { local a b c d; IFS=. read -r a b c d <<<"$1"; echo $(( (a << 24) | (b << 16) | (c << 8) | d )); }
+in_cidr() {
+  case $2 in */*) ;; *) return 1;; esac
+  local len=${2#*/} mask
+  mask=$(( len == 0 ? 0 : (0xffffffff << (32 - len)) & 0xffffffff ))
+  [ $(( $(ip4_int "$1") & mask )) -eq $(( $(ip4_int "${2%/*}") & mask )) ]
+}
 # Non-hostNetwork pods of selector $1: "name node ip phase" a line.
 pods() {
   kc get pods -l "$1" -o jsonpath='{range .items[*]}{.metadata.name} {.spec.nodeName} {.status.podIP} {.status.phase}{"\n"}{end}' |
@@ -107,7 +115,7 @@ YAML
   local spread=0 inside=0 name node ip phase cidr
   while read -r name node ip phase; do
     cidr=$(kc get node "$node" -o jsonpath='{.spec.podCIDR}')
-    case $ip in "${cidr%.0/24}".*) inside=$((inside+1));; esac
+    in_cidr "$ip" "$cidr" && inside=$((inside+1))
   done < <(pods app=web)
   spread=$(pods app=web | awk '{print $2}' | sort -u | wc -l)
   if [ "$spread" = 2 ] && [ "$inside" = 4 ]; then

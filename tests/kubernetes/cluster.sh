@@ -9,7 +9,7 @@ pki() {
     cd "$d" || exit 1
     openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=kn-e2e-ca -keyout ca.key -out ca.crt 2>/dev/null
     openssl req -newkey rsa:2048 -nodes -subj /CN=kube-apiserver -keyout apiserver.key -out apiserver.csr 2>/dev/null
-    printf 'subjectAltName=IP:10.43.0.1,IP:10.44.0.5,IP:127.0.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local\n' > san.ext
+    printf 'subjectAltName=IP:10.43.0.1,IP:10.44.0.5,IP:10.44.0.6,IP:127.0.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local\n' > san.ext
     openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile san.ext -out apiserver.crt 2>/dev/null
     openssl genrsa -out sa.key 2048 2>/dev/null && openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
   ) || return 1
@@ -28,11 +28,11 @@ CSV
   kubeconfig "$W/scheduler.kubeconfig" "$SCHED"
   : > "$W/resolv.conf"
 }
-kubeconfig() { # FILE TOKEN: the apiserver by its real address
+kubeconfig() { # FILE TOKEN [ADDRESS]: the apiserver by its real address (10.44.0.5 unless given)
   cat > "$1" <<KC
 apiVersion: v1
 kind: Config
-clusters: [{name: kn, cluster: {server: "https://10.44.0.5:6443", certificate-authority: "$W/pki/ca.crt"}}]
+clusters: [{name: kn, cluster: {server: "https://${3:-10.44.0.5}:6443", certificate-authority: "$W/pki/ca.crt"}}]
 users: [{name: u, user: {token: "$2"}}]
 contexts: [{name: c, context: {cluster: kn, user: u}}]
 current-context: c
@@ -52,6 +52,9 @@ control_plane() {
     ip -n "$CP" addr add "10.44.$s.5/24" dev "kbr$s"
     ip -n "$CP" link set "kbr$s" up
   done
+  # The kubelets' and kube-proxies' own path to the apiserver (as RKE2's local load balancer
+  # gives them one): black-holing the VIP and 10.44.0.5 on a node cuts holdfast alone.
+  ip -n "$CP" addr add 10.44.0.6/24 dev kbr0
   in_cp sysctl -qw net.ipv4.ip_forward=1
   local P="$W/pki"
   nsenter --net="/var/run/netns/$CP" etcd --data-dir "$W/etcd" --listen-client-urls http://127.0.0.1:2379 \
@@ -77,7 +80,7 @@ control_plane() {
   nsenter --net="/var/run/netns/$CP" "$K/kube-controller-manager" --kubeconfig="$W/kcm.kubeconfig" --authentication-kubeconfig="$W/kcm.kubeconfig" \
     --authorization-kubeconfig="$W/kcm.kubeconfig" --leader-elect=false --bind-address=127.0.0.1 \
     --secure-port=10257 --cert-dir="$W/kcm-certs" --allocate-node-cidrs=true --cluster-cidr=10.42.0.0/16 \
-    --node-cidr-mask-size=24 --service-cluster-ip-range=10.43.0.0/16 --service-account-private-key-file="$P/sa.key" \
+    --node-cidr-mask-size=26 --service-cluster-ip-range=10.43.0.0/16 --service-account-private-key-file="$P/sa.key" \
     --root-ca-file="$P/ca.crt" --cluster-signing-cert-file="$P/ca.crt" --cluster-signing-key-file="$P/ca.key" \
     --use-service-account-credentials=false --v=1 >"$W/kcm.log" 2>&1 &
   PIDS+=($!)
@@ -95,8 +98,8 @@ node_files() {
   cp "$PLUGINS"/{loopback,host-local,portmap,bandwidth} "$N/opt-cni/"
   node_runtime_files "$i"
   local tok; tok=$([ "$i" = 1 ] && echo "$NODE1" || echo "$NODE2")
-  kubeconfig "$N/kubelet.kubeconfig" "$tok"
-  kubeconfig "$N/kube-proxy.kubeconfig" "$PROXY"
+  kubeconfig "$N/kubelet.kubeconfig" "$tok" 10.44.0.6
+  kubeconfig "$N/kube-proxy.kubeconfig" "$PROXY" 10.44.0.6
   # The node's cgroup root, on this cgroup-v1 machine, in every hierarchy.
   for h in /sys/fs/cgroup/*/; do
     [ -L "${h%/}" ] && continue

@@ -2,11 +2,11 @@
 #   cold: every process of the node killed at once, /run emptied (pod netns and links gone with
 #     the namespaces), the node's network made afresh, the VIP black-holed in raw OUTPUT and
 #     PREROUTING (connects time out) and kube-proxy not started: its rules never come back. The
-#     kubelet reaches the apiserver by its real address, as on RKE2. The node stays down until
-#     its cluster-info cache is older than refreshSeconds, so ADD has to try the API.
-#   cut-off: the API unreachable by every path (VIP and real address) for a minute while the
-#     kubelet replaces every sandbox of the node (their pause processes killed) from its own
-#     state: once with the agent's cache fresh, once after it turned stale.
+#     kubelet reaches the apiserver by its own address (10.44.0.6), as on RKE2. The node stays
+#     down until its cluster-info cache is older than refreshSeconds, so ADD has to try the API.
+#   cut-off: the API unreachable by every path (VIP, real address, the kubelet's own) for a
+#     minute while the kubelet replaces every sandbox of the node (their pause processes killed)
+#     from its own state: once with the agent's cache fresh, once after it turned stale.
 # Prints one table row per phase: pods, time to all Running (the last pod container start that
 # containerd logged), CNI ADD p50/p99 as containerd timed them (its debug log), failures (failed
 # sandbox setups and network teardowns in containerd's log).
@@ -124,7 +124,7 @@ drill_cold() {
     || bad "failures after the reboot: $(failures "$off")"
   wait_for 60 leases_match && ok "with the VIP still black-holed: leases = records = links = live pods ($(node_state 1 | cut -d' ' -f2))" \
     || bad "after the reboot (links leases records netns): $(node_state 1), live pods $(node1_pods)"
-  # The agent (back with the node: the kubelet reaches the apiserver by its real address) shows
+  # The agent (back with the node: the kubelet reaches the apiserver by its own address) shows
   # the phase in its metrics: the cache's age and the ADDs served from it.
   scrape() { in_n 1 curl -s --max-time 2 "http://$(node_ip 1):9473/metrics"; }
   has_adds() { scrape | grep -qE '^holdfast_cni_adds_total\{outcome="(fresh|cache)"\} [1-9]'; }
@@ -170,7 +170,7 @@ sandbox_round() {
 drill_cutoff() {
   local want t_cut age1 age2 o1 e1 r1 o2 e2 r2 p50 p99 n
   want=$(node1_pods)
-  block 10.43.0.1; block 10.44.0.5
+  block 10.43.0.1; block 10.44.0.5; block 10.44.0.6
   t_cut=$(date +%s)
   age1=$(cache_age)
   sandbox_round 40 "$want"; o1=$R_OFF; e1=$R_END; r1=$R_TIME
@@ -180,7 +180,7 @@ drill_cutoff() {
   sandbox_round 40 "$want"; o2=$R_OFF; e2=$R_END; r2=$R_TIME
   local left=$(( t_cut + 60 - $(date +%s) ))
   [ "$left" -gt 0 ] && sleep "$left"
-  unblock 10.44.0.5; unblock 10.43.0.1
+  unblock 10.44.0.6; unblock 10.44.0.5; unblock 10.43.0.1
   echo "$SUITE e2e: API cut off from node-1 for $(( $(date +%s) - t_cut )) s"
   read -r p50 p99 n <<<"$(add_percentiles "$o1" "$e1")"
   P50_FRESH=${p50:-99999}

@@ -1,12 +1,12 @@
 # Sourced by tests/kubernetes/run.sh: the whole cluster's night. Both nodes are cold-rebooted at
 # once (every link, route, neighbour and FDB entry of their namespaces gone with them) while the
-# apiserver is unreachable from both by every path (VIP and real address). The kubelet cannot
-# learn its pods; it starts only the static pod of its manifest dir, from its own files. That pod
-# gets its address from holdfast's cache, and the first ADD after the boot puts the routes to the
-# other node back from holdfast's persisted peer table, so each static pod reaches the other
-# node's before the API returns. Then the API returns and everything must reconcile without a
-# leak. One table row per node: time from the kubelet's start to cross-node reachability, routes
-# to the other node's pods in place, failed CNI ADDs/DELs in containerd's log.
+# apiserver is unreachable from both by every path (VIP, real address, the kubelets' own). The
+# kubelet cannot learn its pods; it starts only the static pod of its manifest dir, from its own
+# files. That pod gets its address from holdfast's cache, and the first ADD after the boot puts
+# the routes to the other node back from holdfast's persisted peer table, so each static pod
+# reaches the other node's before the API returns. Then the API returns and everything must
+# reconcile without a leak. One table row per node: time from the kubelet's start to cross-node
+# reachability, routes to the other node's pods in place, failed CNI ADDs/DELs in containerd's log.
 
 static_manifest() {
   cat > "$W/n$1/manifests/static.yaml" <<'YAML'
@@ -54,7 +54,7 @@ night() {
   cidr1=$(kc get node node-1 -o jsonpath='{.spec.podCIDR}'); cidr2=$(kc get node node-2 -o jsonpath='{.spec.podCIDR}')
   # The night: both nodes down at once, the API unreachable from both when they come back.
   stop_node 1; stop_node 2
-  for i in 1 2; do rm -rf "$W/n$i/run-containerd/"* "$W/n$i/netns/"*; node_net "$i"; block_on "$i" 10.43.0.1; block_on "$i" 10.44.0.5; done
+  for i in 1 2; do rm -rf "$W/n$i/run-containerd/"* "$W/n$i/netns/"*; node_net "$i"; block_on "$i" 10.43.0.1; block_on "$i" 10.44.0.5; block_on "$i" 10.44.0.6; done
   [ -z "$(ip -n "$TAG-n1" route show "$cidr2")$(ip -n "$TAG-n2" route show "$cidr1")" ] \
     && ok "the night: both nodes cold (no route to the other's pods), the apiserver unreachable from both" \
     || bad "routes survived the cold reboot: $(ip -n "$TAG-n1" route show "$cidr2")"
@@ -82,7 +82,7 @@ night() {
   done
   # Dawn: the API returns; kube-proxy starts again; everything reconciles.
   for i in 1 2; do
-    unblock_on "$i" 10.44.0.5; unblock_on "$i" 10.43.0.1
+    unblock_on "$i" 10.44.0.6; unblock_on "$i" 10.44.0.5; unblock_on "$i" 10.43.0.1
     ( nsenter -t "$(awk '{print $1}' "/proc/${NODEPID[$i]}/task/${NODEPID[$i]}/children")" -n -m -u -p \
       "$K/kube-proxy" --config="$W/n$i/kube-proxy.yaml" --v=1 >> "$W/n$i/kube-proxy.log" 2>&1 & )
   done

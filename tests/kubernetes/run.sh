@@ -5,8 +5,9 @@
 # replayed on one node, node-2 moved to another subnet, then the whole cluster's night.
 # Everything runs in namespaces made here, never in the machine's root netns and never touching
 # a machine-wide sysctl:
-#   netns CP: etcd, kube-apiserver (10.44.0.5:6443, service VIP 10.43.0.1), controller-manager
-#     (allocates node podCIDRs from 10.42.0.0/16), scheduler; bridges kbr0 (10.44.0.0/24) and
+#   netns CP: etcd, kube-apiserver (10.44.0.5:6443, service VIP 10.43.0.1; the kubelets and
+#     kube-proxies reach it at 10.44.0.6), controller-manager (allocates a /26 podCIDR per node
+#     from 10.42.0.0/16), scheduler; bridges kbr0 (10.44.0.0/24) and
 #     kbr1 (10.44.1.0/24) routed into each other, and no route to any pod CIDR;
 #   node I (1, 2): its own netns (eth0 10.44.S.1I on kbrS), mount, UTS and PID namespace
 #     (tests/kubernetes/node.sh): containerd, kubelet (config file), kube-proxy (iptables, serves
@@ -21,8 +22,9 @@ cd "$(dirname "$0")/../.."
 ROOT=$PWD
 [ "$(id -u)" -eq 0 ] || { echo "kubernetes e2e: needs root"; exit 1; }
 # Debian 12's runc and busybox; everything else is the current stack of tests/stack/build.sh.
-# dash, curl, dig and OpenBSD's nc go into the conformance tests' tool image (images.sh).
-for p in runc busybox-static iptables openssl bind9-dnsutils netcat-openbsd curl; do
+# strace watches containerd run STATUS (status.sh); dash, curl, dig and OpenBSD's nc go into the
+# conformance tests' tool image (images.sh).
+for p in runc busybox-static iptables openssl strace bind9-dnsutils netcat-openbsd curl; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' \
     || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$p" >/dev/null
 done
@@ -91,6 +93,7 @@ pids_of_node() {
 # ---------------------------------------------------------------------------------------------
 source tests/kubernetes/cluster.sh
 source tests/kubernetes/checks.sh
+source tests/kubernetes/status.sh
 source tests/kubernetes/drill.sh
 source tests/kubernetes/night.sh
 source tests/kubernetes/conformance.sh
@@ -103,7 +106,7 @@ grep -q "image: $IMAGE\$" conf/kubernetes/holdfast.yaml && ok "scripts/build-ima
 for i in 1 2; do node_files "$i"; node_net "$i"; boot_node "$i"; done
 # The phases in order. HF_K8S_PHASES (space-separated names) runs a subset while working on one
 # of them: the install and pods phases are the cluster the others stand on.
-ALL_PHASES="install routing pods token drill move night conformance teardown"
+ALL_PHASES="install routing pods status token drill move night conformance teardown"
 phase() { # NAME FUNCTION [ARGS...]
   local name=$1; shift
   case " ${HF_K8S_PHASES:-$ALL_PHASES} " in *" $name "*) "$@";; esac
@@ -111,6 +114,7 @@ phase() { # NAME FUNCTION [ARGS...]
 phase install checks_install
 phase routing checks_routing direct
 phase pods checks_pods
+phase status checks_status
 phase token token_stale
 phase drill drill
 phase token token_current
