@@ -35,8 +35,7 @@ for n in "${COUNTS[@]}"; do
 done
 
 K=$(tests/stack/build.sh 2>/dev/null) || { echo "bench/fleet.sh: tests/stack/build.sh failed" >&2; exit 1; }
-# build-release.sh prints a path under the worktree's target/: it must build there.
-HF=$(realpath "$(env -u CARGO_TARGET_DIR scripts/build-release.sh)")
+HF=$(realpath "$(scripts/build-release.sh)")
 COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 
 TAG="hffl$$"; API="$TAG-api"; NODE="$TAG-node"; BOOT="$TAG-boot"

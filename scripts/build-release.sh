@@ -9,4 +9,5 @@ triple=$(rustc -vV | sed -n 's/^host: //p')
 # --target keeps these flags off build scripts and proc macros, which must stay dynamic.
 RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" \
   cargo build --release --locked --quiet --target "$triple" --bin holdfast >&2
-echo "target/$triple/release/holdfast"
+# Where cargo put it: CARGO_TARGET_DIR when it is set, as cargo itself reads it.
+echo "${CARGO_TARGET_DIR:-target}/$triple/release/holdfast"

@@ -142,8 +142,14 @@ connectivity() {
     *) bad "pod -> VIP: $vip";; esac
   local svc; svc=$(kc get svc web -o jsonpath='{.spec.clusterIP}')
   # busybox's wget segfaults too: HTTP by hand with nc; the body is the serving pod's name.
-  local got; got=$(kc exec "$a1" -- sh -c "printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 3 $svc 80" 2>&1 | tail -1 | tr -d '\r')
-  if pods app=web | awk '{print $1}' | grep -qx "$got"; then ok "ClusterIP Service web ($svc) answers a pod on $n1: $got"
+  # Pods that just moved are Running before kube-proxy on the other node has their new addresses
+  # (they must turn Ready, then reach the EndpointSlice): asked again for up to 30 s.
+  local got
+  svc_answers() {
+    got=$(kc exec "$a1" -- sh -c "printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 3 $svc 80" 2>&1 | tail -1 | tr -d '\r')
+    pods app=web | awk '{print $1}' | grep -qx "$got"
+  }
+  if wait_for 30 svc_answers; then ok "ClusterIP Service web ($svc) answers a pod on $n1: $got"
   else bad "Service $svc from $n1: $got"; fi
 }
 
