@@ -30,6 +30,25 @@ all_running() { # SELECTOR COUNT
   local n; n=$(pods "$1" | awk '$4 == "Running" && $3 != "-"' | wc -l)
   [ "$n" -eq "$2" ] && [ "$(pods "$1" | wc -l)" -eq "$2" ]
 }
+# A Deployment NAME of REPLICAS busybox pods that sleep, on node-1: what the drill restarts and
+# what fills node-1's range (status.sh).
+sleepers_on_node1() { # NAME REPLICAS
+  cat <<YAML
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: $1}
+spec:
+  replicas: $2
+  selector: {matchLabels: {app: $1}}
+  template:
+    metadata: {labels: {app: $1}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      nodeSelector: {kubernetes.io/hostname: node-1}
+      containers:
+        - {name: $1, image: docker.io/hf/busybox:e2e, imagePullPolicy: Never, command: ["sleep", "100000"]}
+YAML
+}
 # The node's holdfast state and leftovers, as "links leases records netns".
 node_state() {
   local N="$W/n$1" hf="$W/n$1/var-lib-cni/holdfast"

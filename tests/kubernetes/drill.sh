@@ -16,24 +16,8 @@ TIMEOUT_MS=$(grep -o '"timeoutMs": *[0-9]*' conf/10-holdfast-k8s.conflist | grep
 REFRESH=$(grep -o '"refreshSeconds": *[0-9]*' conf/10-holdfast-k8s.conflist | grep -o '[0-9]*$')
 
 drill_deploy() {
-  kc apply -f - >"$W/drill.out" 2>&1 <<YAML || bad "drill deployment: $(cat "$W/drill.out")"
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: drill}
-spec:
-  replicas: $DRILL_PODS
-  selector: {matchLabels: {app: drill}}
-  template:
-    metadata: {labels: {app: drill}}
-    spec:
-      terminationGracePeriodSeconds: 1
-      nodeSelector: {kubernetes.io/hostname: node-1}
-      containers:
-        - name: drill
-          image: docker.io/hf/busybox:e2e
-          imagePullPolicy: Never
-          command: ["sleep", "100000"]
-YAML
+  sleepers_on_node1 drill "$DRILL_PODS" | kc apply -f - >"$W/drill.out" 2>&1 \
+    || bad "drill deployment: $(cat "$W/drill.out")"
   wait_for 90 all_running app=drill "$DRILL_PODS"
 }
 

@@ -102,22 +102,8 @@ range_usage() {
     | tr -d '\n' | grep -o '"ipam": *\[ *{[^]}]*' | head -1 \
     | sed 's/.*"range": *"\([^"]*\)".*"used": *\([0-9]*\).*"capacity": *\([0-9]*\).*/\2 \3 \1/'
 }
-fill_manifest() { # REPLICAS
+extra_pod_manifest() {
   cat <<YAML
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: fill}
-spec:
-  replicas: $1
-  selector: {matchLabels: {app: fill}}
-  template:
-    metadata: {labels: {app: fill}}
-    spec:
-      terminationGracePeriodSeconds: 1
-      nodeSelector: {kubernetes.io/hostname: node-1}
-      containers:
-        - {name: fill, image: docker.io/hf/busybox:e2e, imagePullPolicy: Never, command: ["sleep", "100000"]}
----
 apiVersion: v1
 kind: Pod
 metadata: {name: extra, labels: {app: extra}}
@@ -136,12 +122,12 @@ status_full_range() {
   [ -n "$cap" ] || { bad "holdfast doctor on node-1 gave no range usage"; return; }
   free=$(( cap - used ))
   t0=$(date +%s)
-  fill_manifest "$free" | sed '/^---$/,$d' | kc apply -f - >"$W/fill.out" 2>&1 || { bad "fill: $(cat "$W/fill.out")"; return; }
+  sleepers_on_node1 fill "$free" | kc apply -f - >"$W/fill.out" 2>&1 || { bad "fill: $(cat "$W/fill.out")"; return; }
   if wait_for 150 all_running app=fill "$free"; then
     read -r used _ <<<"$(range_usage)"
     ok "node-1's podCIDR $cidr, holdfast's range $range, filled: $free more pods Running in $(( $(date +%s) - t0 )) s, holdfast counts $used of $cap addresses used"
   else bad "fill: $(pods app=fill | awk '{print $4}' | sort | uniq -c | tr '\n' ' ')of $free"; fi
-  fill_manifest "$free" | sed '1,/^---$/d' | kc apply -f - >"$W/fill.out" 2>&1 || bad "extra pod: $(cat "$W/fill.out")"
+  extra_pod_manifest | kc apply -f - >"$W/fill.out" 2>&1 || bad "extra pod: $(cat "$W/fill.out")"
   sandbox_events() {
     kc get events --field-selector involvedObject.name=extra,reason=FailedCreatePodSandBox -o jsonpath='{range .items[*]}{.message}{"\n"}{end}'
   }
