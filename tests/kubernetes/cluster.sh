@@ -153,12 +153,17 @@ boot_node() {
   nsenter --net="/var/run/netns/$TAG-n$i" unshare -m -u -p --fork --kill-child --mount-proc \
     --propagation private bash "$ROOT/tests/kubernetes/node.sh" "$W" "$i" "$K" "$(node_ip "$i")" "$mode" &
   NODEPID[$i]=$!
-  local child=""
-  for _ in $(seq 1 50); do
+  # The node's PID namespace, which stop_node and pids_of_node find its processes by: waited for
+  # (up to 20 s on a loaded machine) until unshare has forked the node's first process and its
+  # namespace reads back; an empty file would make every later lookup find nothing, quietly.
+  local child="" ns=""
+  for _ in $(seq 1 400); do
     child=$(cat "/proc/${NODEPID[$i]}/task/${NODEPID[$i]}/children" 2>/dev/null | awk '{print $1}')
-    [ -n "$child" ] && break; sleep 0.05
+    [ -n "$child" ] && ns=$(readlink "/proc/$child/ns/pid" 2>/dev/null) && [ -n "$ns" ] && break
+    sleep 0.05
   done
-  readlink "/proc/$child/ns/pid" > "$W/n$i/pidns"
+  echo "$ns" > "$W/n$i/pidns"
+  [ -n "$ns" ] || echo "$SUITE e2e: node-$i's PID namespace not found (boot_node)" >&2
 }
 
 # Node I's runtime and kubelet config: containerd 2.x (config version 3, the CRI split into its
