@@ -6,6 +6,7 @@
 //! runs `ip` or `tc`.
 
 pub mod addr;
+pub mod hostport;
 pub mod link;
 pub mod names;
 pub mod neigh;

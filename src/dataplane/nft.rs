@@ -44,7 +44,7 @@ fn family(v6: bool) -> NetfilterProtoFamily {
     }
 }
 
-fn msg(v6: bool, m: NfTablesMessage, flags: u16) -> NetlinkMessage<NetfilterMessage> {
+pub(crate) fn msg(v6: bool, m: NfTablesMessage, flags: u16) -> NetlinkMessage<NetfilterMessage> {
     let mut n = NetlinkMessage::from(NetfilterMessage::new(
         NetfilterHeader::new(family(v6), 0, 0),
         m,
@@ -54,8 +54,18 @@ fn msg(v6: bool, m: NfTablesMessage, flags: u16) -> NetlinkMessage<NetfilterMess
 }
 
 fn table(v6: bool, flags: u16, delete: bool) -> NetlinkMessage<NetfilterMessage> {
+    table_named(v6, TABLE, flags, delete)
+}
+
+/// A table's creation (`NLM_F_CREATE`: a no-op when it exists) or deletion.
+pub(crate) fn table_named(
+    v6: bool,
+    name: &str,
+    flags: u16,
+    delete: bool,
+) -> NetlinkMessage<NetfilterMessage> {
     let t = TableMessage {
-        attributes: vec![TableAttribute::Name(TABLE.into())],
+        attributes: vec![TableAttribute::Name(name.into())],
     };
     let m = if delete {
         NfTablesMessage::DeleteTable(t)
@@ -66,7 +76,7 @@ fn table(v6: bool, flags: u16, delete: bool) -> NetlinkMessage<NetfilterMessage>
 }
 
 /// Loads the source (`src`) or destination address into register 1 and compares it with `net`.
-fn matches(net: IpNetwork, src: bool) -> Vec<Expressions> {
+pub(crate) fn matches(net: IpNetwork, src: bool) -> Vec<Expressions> {
     let v6 = net.is_ipv6();
     let (offset, len) = match (v6, src) {
         (false, true) => (12, 4),
@@ -102,10 +112,20 @@ fn matches(net: IpNetwork, src: bool) -> Vec<Expressions> {
 }
 
 fn rule(v6: bool, exprs: Vec<Expressions>) -> NetlinkMessage<NetfilterMessage> {
+    rule_in(v6, TABLE, CHAIN, exprs)
+}
+
+/// A rule appended to `table`'s `chain`.
+pub(crate) fn rule_in(
+    v6: bool,
+    table: &str,
+    chain: &str,
+    exprs: Vec<Expressions>,
+) -> NetlinkMessage<NetfilterMessage> {
     let m = NfTablesMessage::NewRule(RuleMessage {
         attributes: vec![
-            RuleAttribute::Table(TABLE.into()),
-            RuleAttribute::Chain(CHAIN.into()),
+            RuleAttribute::Table(table.into()),
+            RuleAttribute::Chain(chain.into()),
             RuleAttribute::Expressions(exprs.into_iter().map(Into::into).collect()),
         ],
     });
@@ -116,21 +136,12 @@ fn rule(v6: bool, exprs: Vec<Expressions>) -> NetlinkMessage<NetfilterMessage> {
 /// for every cluster destination, then masquerade what comes from a local pod CIDR.
 fn family_table(v6: bool, m: &Masquerade) -> Vec<NetlinkMessage<NetfilterMessage>> {
     let mut out = vec![table(v6, NLM_F_CREATE, false)];
-    out.push(msg(
+    out.push(nat_chain(
         v6,
-        NfTablesMessage::NewChain(ChainMessage {
-            attributes: vec![
-                ChainAttribute::Table(TABLE.into()),
-                ChainAttribute::Name(CHAIN.into()),
-                ChainAttribute::Type("nat".into()),
-                ChainAttribute::Hook(vec![
-                    Hook::Number(InetHookNumber::PostRouting.into()),
-                    Hook::Priority(SRCNAT),
-                ]),
-                ChainAttribute::Policy(1),
-            ],
-        }),
-        NLM_F_CREATE,
+        TABLE,
+        CHAIN,
+        InetHookNumber::PostRouting,
+        SRCNAT,
     ));
     for c in m.cluster.iter().filter(|c| c.is_ipv6() == v6) {
         let mut e = matches(*c, false);
@@ -144,13 +155,42 @@ fn family_table(v6: bool, m: &Masquerade) -> Vec<NetlinkMessage<NetfilterMessage
     }
     for l in m.local.iter().filter(|c| c.is_ipv6() == v6) {
         let mut e = matches(*l, true);
-        e.push(Expressions::Other {
-            expression_type: "masq".into(),
-            attributes: vec![],
-        });
+        e.push(masquerade());
         out.push(rule(v6, e));
     }
     out
+}
+
+/// A base chain of type nat at `hook` with `priority` (two's complement for a negative one, as
+/// the kernel reads it), policy accept.
+pub(crate) fn nat_chain(
+    v6: bool,
+    table: &str,
+    name: &str,
+    hook: InetHookNumber,
+    priority: u32,
+) -> NetlinkMessage<NetfilterMessage> {
+    msg(
+        v6,
+        NfTablesMessage::NewChain(ChainMessage {
+            attributes: vec![
+                ChainAttribute::Table(table.into()),
+                ChainAttribute::Name(name.into()),
+                ChainAttribute::Type("nat".into()),
+                ChainAttribute::Hook(vec![Hook::Number(hook.into()), Hook::Priority(priority)]),
+                ChainAttribute::Policy(1),
+            ],
+        }),
+        NLM_F_CREATE,
+    )
+}
+
+/// The `masq` expression: the source becomes the outgoing interface's address.
+pub(crate) fn masquerade() -> Expressions {
+    Expressions::Other {
+        expression_type: "masq".into(),
+        attributes: vec![],
+    }
 }
 
 /// Makes holdfast's tables say `m` (a family without local pod CIDRs has no table); `None`
@@ -165,7 +205,7 @@ pub fn apply(m: Option<&Masquerade>) -> Result<()> {
             body.extend(family_table(v6, m));
         }
     }
-    transact(body)
+    transact(TABLE, body)
 }
 
 fn control(m: ControlMessage) -> NetlinkMessage<NetfilterMessage> {
@@ -179,7 +219,7 @@ fn control(m: ControlMessage) -> NetlinkMessage<NetfilterMessage> {
 
 /// Sends `body` as one batch and waits for the kernel's verdict on it: the ack of its last
 /// message, or the first error.
-fn transact(body: Vec<NetlinkMessage<NetfilterMessage>>) -> Result<()> {
+pub(crate) fn transact(table: &str, body: Vec<NetlinkMessage<NetfilterMessage>>) -> Result<()> {
     let fail = |what: &str, e: std::io::Error| Error::io(format!("nftables: {what}"), e);
     let mut all = vec![control(ControlMessage::BatchBegin)];
     all.extend(body);
@@ -211,11 +251,11 @@ fn transact(body: Vec<NetlinkMessage<NetfilterMessage>>) -> Result<()> {
         .map_err(|e| fail("timeout", e.into()))?;
     s.send(&bytes, 0)
         .map_err(|e| fail("sending the batch", e))?;
-    wait_ack(&s, last)
+    wait_ack(&s, last, table)
 }
 
 /// Reads replies until the ack of `last` (done) or an error (the batch was refused whole).
-fn wait_ack(s: &Socket, last: u32) -> Result<()> {
+fn wait_ack(s: &Socket, last: u32, table: &str) -> Result<()> {
     loop {
         let (buf, _) = s
             .recv_from_full()
@@ -235,7 +275,7 @@ fn wait_ack(s: &Socket, last: u32) -> Result<()> {
                     .unwrap_or(0);
                 if code != 0 {
                     return Err(Error::Netlink {
-                        op: format!("nftables table {TABLE} (message {})", nb.sequence_number()),
+                        op: format!("nftables table {table} (message {})", nb.sequence_number()),
                         reason: std::io::Error::from_raw_os_error(code.saturating_abs())
                             .to_string(),
                     });

@@ -36,3 +36,12 @@ pub fn disable_dad(ifname: &str) -> Result<()> {
     }
     ensure(&path, "0")
 }
+
+/// Lets packets from 127.0.0.0/8 be routed out of `ifname` (a pod's host veth): a connection to
+/// a hostPort on 127.0.0.1, DNATed to the pod, leaves through it before it is masqueraded.
+pub fn route_localnet(ifname: &str) -> Result<()> {
+    ensure(
+        &format!("/proc/sys/net/ipv4/conf/{ifname}/route_localnet"),
+        "1",
+    )
+}
