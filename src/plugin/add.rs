@@ -3,11 +3,13 @@
 
 use super::Add;
 use super::bandwidth::{self, Limits};
+use super::hostports;
 use super::reclaim;
 use super::teardown::{self, Net, Whose};
 use super::undo::{Ctx, Step, Undo};
 use crate::cni::result::{Interface, IpConfig, Route};
 use crate::cni::{CniResult, Error, Result};
+use crate::dataplane::hostport::Mapping;
 use crate::dataplane::link::{self, Link, VethCreate};
 use crate::dataplane::names::Names;
 use crate::dataplane::netns::Netns;
@@ -27,11 +29,13 @@ struct Wiring<'a> {
     plan: &'a Plan,
     target: &'a Target<'a>,
     limits: &'a Limits,
+    ports: &'a [Mapping],
 }
 
 pub async fn add(req: &Add) -> Result<CniResult> {
     let conf = &req.conf;
     let limits = Limits::from_conf(&conf.bandwidth, conf.mtu)?;
+    let ports = hostports::requested(conf)?;
     // Everything that can be checked without the API is checked first, so an invalid request
     // never costs an API wait; cluster info (if needed) comes before any change.
     let (plan, netns) = match conf.ipam.uses_pod_cidr() {
@@ -89,6 +93,7 @@ pub async fn add(req: &Add) -> Result<CniResult> {
         plan: &plan,
         target: &target,
         limits: &limits,
+        ports: &ports,
     };
     let cx = Ctx {
         pod: Some(&pod),
@@ -140,6 +145,12 @@ async fn steps(w: &Wiring<'_>, undo: &mut Undo) -> Result<CniResult> {
     }
     configured?;
     written?;
+    if !w.ports.is_empty() {
+        let ips: Vec<_> = assigned.leases.iter().map(|l| l.address.ip()).collect();
+        hostports::add(&w.req.conf, &w.req.att, &ips, &w.names.host_veth, w.ports)?;
+        undo.push(Step::HostPorts);
+        failpoint::hit("add-hostports");
+    }
     if w.limits.ingress.is_some() || w.limits.egress.is_some() {
         failpoint::hit("add-shaped");
     }

@@ -56,6 +56,13 @@ pub async fn host_end(h: &Host, prev: &CniResult, pod: &Link) -> Result<Link> {
 
 pub async fn add(req: &Add) -> Result<CniResult> {
     let limits = Limits::from_conf(&req.conf.bandwidth, req.conf.mtu)?;
+    // The veth is the earlier plugin's, and so are the addresses: the reference portmap, chained
+    // after holdfast, forwards to them.
+    if !super::hostports::requested(&req.conf)?.is_empty() {
+        return Err(Error::config(
+            "portMappings: holdfast forwards hostPorts only to the interfaces it creates; chain the reference portmap plugin after it",
+        ));
+    }
     let netns = Netns::open(&req.netns)?;
     let pod = netns.start_connect()?;
     let host = Host::connect()?;

@@ -9,6 +9,7 @@ pub mod check;
 pub mod conf;
 pub mod del;
 pub mod gc;
+pub mod hostports;
 pub mod reclaim;
 pub mod status;
 pub mod teardown;

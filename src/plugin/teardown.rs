@@ -92,6 +92,10 @@ pub async fn attachment(
     lock: Option<AttachmentLock>,
 ) -> Result<Vec<IpAddr>> {
     let mut errors = Vec::new();
+    // Its hostPorts first: nothing is forwarded to an address about to be given back.
+    if let Err(e) = super::hostports::forget(&net.conf.state_dir, net.conf.name(), id) {
+        errors.push(e);
+    }
     if let Err(e) = links(net, id, record, &whose).await {
         errors.push(e);
     }

@@ -24,6 +24,8 @@ pub enum Step {
     PodQdiscs(Link),
     /// The attachment record.
     Record,
+    /// The attachment's hostPort entry and its rules.
+    HostPorts,
 }
 
 /// What the steps are undone with.
@@ -85,6 +87,10 @@ impl Undo {
                     None => Ok(()),
                 },
                 Step::Record => state::remove(cx.state_dir, cx.target.network, &cx.target.owner),
+                Step::HostPorts => {
+                    super::hostports::forget(cx.state_dir, cx.target.network, &cx.target.owner)
+                        .map(|_| ())
+                }
             };
             if let Err(e) = outcome {
                 tracing::warn!("undoing ADD ({step:?}): {e}");

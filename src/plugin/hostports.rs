@@ -1,0 +1,161 @@
+//! The `portMappings` capability (a pod's `hostPort`s) done by holdfast itself: what the reference
+//! `portmap` plugin would do after it, without another process per ADD and per DEL.
+//!
+//! Each attachment with mappings has an entry, `stateDir/hostports/<network>/<id>.json` (its pod
+//! addresses and mappings), and the kernel's hostPort tables are rebuilt from all entries, under
+//! one lock, whenever one comes or goes ([`crate::dataplane::hostport`]). An attachment without
+//! mappings costs nothing: ADD writes nothing, and a teardown finds no directory.
+
+use super::conf::Conf;
+use crate::cni::config::AttachmentId;
+use crate::cni::{Error, Result};
+use crate::dataplane::hostport::{self, Forward, Mapping};
+use crate::dataplane::sysctl;
+use crate::state::{self, at, lock};
+use serde::{Deserialize, Serialize};
+use std::net::IpAddr;
+use std::path::Path;
+
+const DIR: &str = "hostports";
+const LOCK: &str = "hostports.lock";
+/// An entry is a few hundred bytes; a larger file was not written by holdfast.
+const MAX_ENTRY: usize = 64 << 10;
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Entry {
+    container_id: String,
+    ifname: String,
+    ips: Vec<IpAddr>,
+    mappings: Vec<Mapping>,
+}
+
+/// The runtime's `runtimeConfig.portMappings` (empty when it sent none). A malformed list is
+/// code 7, asked for only by ADD: it never stops a DEL.
+pub fn requested(conf: &Conf) -> Result<Vec<Mapping>> {
+    let v = conf
+        .net
+        .raw
+        .get("runtimeConfig")
+        .and_then(|r| r.get("portMappings"));
+    let Some(v) = v.filter(|v| !v.is_null()) else {
+        return Ok(Vec::new());
+    };
+    let ms: Vec<Mapping> = serde_json::from_value(v.clone())
+        .map_err(|e| Error::config(format!("runtimeConfig.portMappings: {e}")))?;
+    if let Some(m) = ms
+        .iter()
+        .find(|m| m.host_port == 0 || m.container_port == 0)
+    {
+        return Err(Error::config(format!(
+            "runtimeConfig.portMappings: port 0 in {m:?}"
+        )));
+    }
+    Ok(ms)
+}
+
+fn name_of(id: &AttachmentId) -> String {
+    format!("{}.json", state::file_stem(&id.container_id, &id.ifname))
+}
+
+/// Forwards `mappings` to the attachment's `ips` (its host veth `host_ifname`): its entry, then
+/// the tables with it. When the tables cannot be made, the entry goes again.
+pub fn add(
+    conf: &Conf,
+    id: &AttachmentId,
+    ips: &[IpAddr],
+    host_ifname: &str,
+    mappings: &[Mapping],
+) -> Result<()> {
+    if ips.iter().any(IpAddr::is_ipv4) {
+        sysctl::route_localnet(host_ifname)?;
+    }
+    let entry = Entry {
+        container_id: id.container_id.clone(),
+        ifname: id.ifname.clone(),
+        ips: ips.to_vec(),
+        mappings: mappings.to_vec(),
+    };
+    let bytes = serde_json::to_vec(&entry)
+        .map_err(|e| Error::Internal(format!("encoding hostPort entry: {e}")))?;
+    let _held = hold(&conf.state_dir)?;
+    let d = at::Dir::open_path(&conf.state_dir, &[DIR, conf.name()], true)?
+        .ok_or_else(|| Error::Internal("hostports directory vanished".into()))?;
+    // On disk before the rules exist: whatever crashes after this finds the entry to undo.
+    d.write_atomic(&name_of(id), &bytes, true)?;
+    if let Err(e) = rebuild(&conf.state_dir, None) {
+        let _ = d.remove(&name_of(id));
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Stops forwarding to attachment `id` of `network`, if it had mappings: the tables without
+/// its entry, then the entry. Whether it had one.
+pub fn forget(state_dir: &Path, network: &str, id: &AttachmentId) -> Result<bool> {
+    let name = name_of(id);
+    let Some(d) = at::Dir::open_path(state_dir, &[DIR, network], false)? else {
+        return Ok(false);
+    };
+    if d.stat(&name)?.is_none() {
+        return Ok(false);
+    }
+    let _held = hold(state_dir)?;
+    rebuild(state_dir, Some((network, &name)))?;
+    d.remove(&name)
+}
+
+/// The lock every change of the tables is made under, so that the last rebuild saw every entry.
+fn hold(state_dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    let (f, path) = lock::named_file(state_dir, LOCK)?;
+    lock::flock_until(f, &path, std::time::Instant::now() + lock::LOCK_WAIT)
+}
+
+/// Makes the tables say every entry but `except` (network, file name).
+fn rebuild(state_dir: &Path, except: Option<(&str, &str)>) -> Result<()> {
+    let mut forwards = Vec::new();
+    for (network, name, e) in entries(state_dir)? {
+        if except == Some((network.as_str(), name.as_str())) {
+            continue;
+        }
+        forwards.extend(e.ips.iter().map(|ip| Forward {
+            pod: *ip,
+            mappings: e.mappings.clone(),
+        }));
+    }
+    hostport::apply(&forwards)
+}
+
+/// Every entry: (network, file name, entry). One that cannot be read is logged and left out.
+fn entries(state_dir: &Path) -> Result<Vec<(String, String, Entry)>> {
+    let mut out = Vec::new();
+    let Some(top) = at::Dir::open_path(state_dir, &[DIR], false)? else {
+        return Ok(out);
+    };
+    for (network, kind) in top.entries()? {
+        if !kind.is_some_and(|k| k.is_dir()) {
+            continue;
+        }
+        let Some(d) = top.sub(&network, false)? else {
+            continue;
+        };
+        for (name, _) in d.entries()? {
+            if at::is_temp(&name) || !name.ends_with(".json") {
+                continue;
+            }
+            let parsed = d.read(&name, MAX_ENTRY).and_then(|b| {
+                b.map(|b| {
+                    serde_json::from_slice::<Entry>(&b)
+                        .map_err(|e| Error::decode(format!("hostPort entry {name}"), e))
+                })
+                .transpose()
+            });
+            match parsed {
+                Ok(Some(e)) => out.push((network.clone(), name, e)),
+                Ok(None) => {}
+                Err(e) => tracing::warn!("leaving out {}: {e}", d.join(&name).display()),
+            }
+        }
+    }
+    Ok(out)
+}

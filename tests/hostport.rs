@@ -1,0 +1,286 @@
+//! hostPorts (`runtimeConfig.portMappings`) forwarded by holdfast itself: from the node's
+//! addresses, a hostIP, 127.0.0.1, another pod and the pod itself (hairpin), for TCP and UDP;
+//! gone with DEL, kept for the other pods; undone when ADD fails after them.
+
+mod common;
+use common::*;
+use serde_json::{Value, json};
+use std::process::{Child, Command, Stdio};
+
+const NODE_IP: &str = "192.168.77.1";
+
+/// A server in a pod netns: TCP on 80 and UDP on 5353, each answering with the address the
+/// request came from (so a test sees whether it was masqueraded). Killed on drop.
+struct Server(Child);
+
+const SERVE: &str = r#"
+import socket, threading
+def udp():
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.bind(("0.0.0.0", 5353))
+    while True:
+        d, a = u.recvfrom(100)
+        u.sendto(("udp from " + a[0]).encode(), a)
+threading.Thread(target=udp, daemon=True).start()
+t = socket.socket()
+t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+t.bind(("0.0.0.0", 80))
+t.listen(16)
+print("ready", flush=True)
+while True:
+    c, a = t.accept()
+    c.sendall(("tcp from " + a[0]).encode())
+    c.close()
+"#;
+
+const ASK: &str = r#"
+import socket, sys
+proto, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+try:
+    if proto == "tcp":
+        s = socket.create_connection((host, port), timeout=2)
+        print(s.recv(100).decode())
+    else:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.settimeout(2)
+        s.sendto(b"?", (host, port))
+        print(s.recvfrom(100)[0].decode())
+except Exception as e:
+    print("failed:", type(e).__name__)
+"#;
+
+impl Server {
+    fn start(pod: &str) -> Server {
+        let ns = pod.rsplit('/').next().unwrap();
+        let mut c = Command::new("ip")
+            .args(["netns", "exec", ns, "/usr/bin/python3", "-c", SERVE])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        use std::io::BufRead;
+        std::io::BufReader::new(c.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready");
+        Server(c)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// What a `proto` request to `host:port` from netns `from` (a pod path or the node's name) got.
+fn ask(from: &str, proto: &str, host: &str, port: u16) -> String {
+    let ns = from.rsplit('/').next().unwrap();
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "/usr/bin/python3",
+            "-c",
+            ASK,
+            proto,
+            host,
+        ])
+        .arg(port.to_string())
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn conf(w: &World, mappings: Value) -> Value {
+    let mut c = w.conf("1.0.0", ipam_v4("10.61.0.0/24"));
+    c["capabilities"] = json!({"portMappings": true});
+    c["runtimeConfig"] = json!({ "portMappings": mappings });
+    c
+}
+
+/// The node's own address, on a veth pair inside the node netns (this kernel has no dummy links).
+fn node_address(w: &mut World) {
+    let n = w.node.clone();
+    ip(&[
+        "-n", &n, "link", "add", "hfnode0", "type", "veth", "peer", "name", "hfnode1",
+    ]);
+    ip(&[
+        "-n",
+        &n,
+        "addr",
+        "add",
+        &format!("{NODE_IP}/24"),
+        "dev",
+        "hfnode0",
+    ]);
+    ip(&["-n", &n, "link", "set", "hfnode0", "up"]);
+    ip(&["-n", &n, "link", "set", "hfnode1", "up"]);
+    w.fixtures.extend(["hfnode0".into(), "hfnode1".into()]);
+}
+
+fn addr_of(r: &Value) -> String {
+    let a = r["ips"][0]["address"].as_str().unwrap();
+    a.split('/').next().unwrap().to_string()
+}
+
+fn hostport_entries(w: &World) -> Vec<String> {
+    files(&w.state_dir.join("hostports/testnet"))
+}
+
+#[test]
+#[ignore = "needs root (network namespaces): run with --include-ignored as root"]
+fn hostports_are_forwarded_from_every_node_address_and_go_with_del() {
+    let mut w = World::new("hostports_are_forwarded");
+    node_address(&mut w);
+    let (a, b) = (w.pod(), w.pod());
+    let maps = json!([
+        {"hostPort": 8080, "containerPort": 80, "protocol": "tcp"},
+        {"hostPort": 5300, "containerPort": 5353, "protocol": "udp", "hostIP": ""},
+        {"hostPort": 8081, "containerPort": 80, "protocol": "tcp", "hostIP": "127.0.0.1"},
+    ]);
+    let ra = w.cni("ADD", "hpa", &a, "eth0", &conf(&w, maps)).ok().json();
+    let rb = w
+        .cni("ADD", "hpb", &b, "eth0", &conf(&w, json!([])))
+        .ok()
+        .json();
+    let (pa, pb) = (addr_of(&ra), addr_of(&rb));
+    let gw = ra["ips"][0]["gateway"].as_str().unwrap().to_string();
+    let _server = Server::start(&a);
+    assert_eq!(
+        hostport_entries(&w),
+        ["hpa@eth0.json"],
+        "one entry, for the pod with mappings"
+    );
+
+    let node = w.node.clone();
+    // From the node: its own address is not masqueraded; 127.0.0.1 is (as the gateway).
+    assert_eq!(
+        ask(&node, "tcp", NODE_IP, 8080),
+        format!("tcp from {NODE_IP}")
+    );
+    assert_eq!(
+        ask(&node, "tcp", "127.0.0.1", 8080),
+        format!("tcp from {gw}")
+    );
+    assert_eq!(
+        ask(&node, "udp", NODE_IP, 5300),
+        format!("udp from {NODE_IP}")
+    );
+    // A hostIP limits the mapping to that address.
+    assert_eq!(
+        ask(&node, "tcp", "127.0.0.1", 8081),
+        format!("tcp from {gw}")
+    );
+    assert!(ask(&node, "tcp", NODE_IP, 8081).starts_with("failed"));
+    // Another pod keeps its address; the pod itself (hairpin) comes back through the node.
+    assert_eq!(ask(&b, "tcp", NODE_IP, 8080), format!("tcp from {pb}"));
+    assert_eq!(ask(&a, "tcp", NODE_IP, 8080), format!("tcp from {gw}"));
+    assert_eq!(ask(&a, "udp", NODE_IP, 5300), format!("udp from {gw}"));
+    assert_eq!(
+        ask(&node, "tcp", &pa, 80),
+        format!("tcp from {gw}"),
+        "the pod itself"
+    );
+
+    w.cni("DEL", "hpa", &a, "eth0", &conf(&w, json!([]))).ok();
+    assert!(ask(&node, "tcp", NODE_IP, 8080).starts_with("failed"));
+    assert!(hostport_entries(&w).is_empty());
+    w.cni("DEL", "hpb", &b, "eth0", &conf(&w, json!([]))).ok();
+    // A second DEL (containerd sends up to three) finds nothing to do.
+    w.cni("DEL", "hpa", &a, "eth0", &conf(&w, json!([]))).ok();
+    w.assert_clean();
+}
+
+#[test]
+#[ignore = "needs root (network namespaces): run with --include-ignored as root"]
+fn one_pods_del_leaves_the_others_hostports() {
+    let mut w = World::new("one_pods_del_leaves_the_others");
+    node_address(&mut w);
+    let (a, b) = (w.pod(), w.pod());
+    let ma = json!([{"hostPort": 8080, "containerPort": 80}]);
+    let mb = json!([{"hostPort": 9090, "containerPort": 80, "protocol": "tcp"}]);
+    w.cni("ADD", "hpa", &a, "eth0", &conf(&w, ma)).ok();
+    let rb = w.cni("ADD", "hpb", &b, "eth0", &conf(&w, mb)).ok().json();
+    let _sa = Server::start(&a);
+    let _sb = Server::start(&b);
+    let node = w.node.clone();
+    assert_eq!(
+        ask(&node, "tcp", NODE_IP, 8080),
+        format!("tcp from {NODE_IP}")
+    );
+    assert_eq!(
+        ask(&node, "tcp", NODE_IP, 9090),
+        format!("tcp from {NODE_IP}")
+    );
+    w.cni("DEL", "hpa", &a, "eth0", &conf(&w, json!([]))).ok();
+    assert!(ask(&node, "tcp", NODE_IP, 8080).starts_with("failed"));
+    assert_eq!(
+        ask(&node, "tcp", NODE_IP, 9090),
+        format!("tcp from {NODE_IP}")
+    );
+    assert!(!addr_of(&rb).is_empty());
+    w.cni("DEL", "hpb", &b, "eth0", &conf(&w, json!([]))).ok();
+    assert!(ask(&node, "tcp", NODE_IP, 9090).starts_with("failed"));
+    w.assert_clean();
+}
+
+#[test]
+#[ignore = "needs root (network namespaces): run with --include-ignored as root"]
+fn bad_mappings_fail_add_before_any_change_and_never_stop_del() {
+    let mut w = World::new("bad_mappings_fail_add");
+    let a = w.pod();
+    for bad in [
+        json!([{"hostPort": 0, "containerPort": 80}]),
+        json!([{"hostPort": 80, "containerPort": 80, "protocol": "icmp"}]),
+        json!([{"hostPort": 80, "containerPort": 80, "hostIP": "not-an-ip"}]),
+        json!("nope"),
+    ] {
+        let r = w.cni("ADD", "bad", &a, "eth0", &conf(&w, bad.clone()));
+        r.err(7, "portMappings");
+        w.cni("DEL", "bad", &a, "eth0", &conf(&w, bad)).ok();
+    }
+    // Chained after another plugin, the addresses are not holdfast's to forward to.
+    let prev = json!({"cniVersion": "1.0.0", "interfaces": [{"name": "eth0", "sandbox": a}],
+                      "ips": [{"address": "10.61.1.2/24", "interface": 0}]});
+    let mut chained = with_prev(
+        &conf(&w, json!([{"hostPort": 80, "containerPort": 80}])),
+        &prev,
+    );
+    chained.as_object_mut().unwrap().remove("ipam");
+    w.cni("ADD", "ch", &a, "eth0", &chained).err(7, "portmap");
+    w.assert_clean();
+    assert!(hostport_entries(&w).is_empty());
+}
+
+/// ADD killed right after its hostPorts were made: DEL removes the rules and the entry with the
+/// rest.
+#[cfg(feature = "failpoints")]
+#[test]
+#[ignore = "needs root (network namespaces): run with --include-ignored as root"]
+fn add_killed_after_its_hostports_leaves_nothing_after_del() {
+    let mut w = World::new("add_killed_after_its_hostports");
+    node_address(&mut w);
+    let a = w.pod();
+    let c = conf(&w, json!([{"hostPort": 8080, "containerPort": 80}]));
+    let env = [
+        ("CNI_CONTAINERID", "killed"),
+        ("CNI_NETNS", a.as_str()),
+        ("CNI_IFNAME", "eth0"),
+        ("HOLDFAST_FAILPOINT", "add-hostports"),
+    ];
+    let r = w.cni_env("ADD", &c, &env);
+    assert_ne!(r.code, 0, "the failpoint killed ADD");
+    assert_eq!(hostport_entries(&w), ["killed@eth0.json"]);
+    let _s = Server::start(&a);
+    let node = w.node.clone();
+    assert!(ask(&node, "tcp", NODE_IP, 8080).starts_with("tcp from"));
+    w.cni("DEL", "killed", &a, "eth0", &conf(&w, json!([])))
+        .ok();
+    assert!(ask(&node, "tcp", NODE_IP, 8080).starts_with("failed"));
+    assert!(hostport_entries(&w).is_empty());
+    w.assert_clean();
+}
