@@ -44,7 +44,7 @@ time_to_running() {
   [ -n "$last" ] && awk -v a="$t0" -v b="$last" 'BEGIN {printf "%.1f", b - a}'
 }
 # "p50 p99 n" of the CNI ADDs (ms) containerd ran after offset $1: from its "begin cni setup"
-# to its "cni result" for the same sandbox (the whole conflist: loopback, holdfast, portmap).
+# to its "cni result" for the same sandbox (the whole conflist, and containerd's loopback beside it).
 add_percentiles() {
   ctrd_since "$1" "${2:-}" | grep -E 'msg="(begin cni setup|cni result: )' | while read -r line; do
     echo "${line##*podsandboxid=} $(echo "$line" | ts) $(case $line in *'begin cni setup'*) echo start;; *) echo end;; esac)"
