@@ -139,7 +139,8 @@ fn hostports_are_forwarded_from_every_node_address_and_go_with_del() {
     let (a, b) = (w.pod(), w.pod());
     let maps = json!([
         {"hostPort": 8080, "containerPort": 80, "protocol": "tcp"},
-        {"hostPort": 5300, "containerPort": 5353, "protocol": "udp", "hostIP": ""},
+        // As containerd's go-cni sends it: Go field names, an empty HostIP.
+        {"HostPort": 5300, "ContainerPort": 5353, "Protocol": "udp", "HostIP": ""},
         {"hostPort": 8081, "containerPort": 80, "protocol": "tcp", "hostIP": "127.0.0.1"},
     ]);
     let ra = w.cni("ADD", "hpa", &a, "eth0", &conf(&w, maps)).ok().json();

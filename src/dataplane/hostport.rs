@@ -293,30 +293,6 @@ mod tests {
     }
 
     #[test]
-    fn runtime_mappings_parse_as_containerd_sends_them() {
-        let v: Vec<Mapping> = serde_json::from_str(
-            r#"[{"hostPort":8080,"containerPort":80,"protocol":"tcp"},
-                {"hostPort":53,"containerPort":5353,"protocol":"udp","hostIP":"10.0.0.1"},
-                {"hostPort":9,"containerPort":9},
-                {"hostPort":10,"containerPort":10,"protocol":"sctp","hostIP":""}]"#,
-        )
-        .unwrap();
-        assert_eq!(v[0], m(8080, 80, Protocol::Tcp, None));
-        assert_eq!(v[1], m(53, 5353, Protocol::Udp, Some("10.0.0.1")));
-        assert_eq!(v[2].protocol, Protocol::Tcp);
-        assert_eq!(v[3], m(10, 10, Protocol::Sctp, None));
-        assert!(
-            serde_json::from_str::<Mapping>(r#"{"hostPort":70000,"containerPort":1}"#).is_err()
-        );
-        assert!(
-            serde_json::from_str::<Mapping>(
-                r#"{"hostPort":1,"containerPort":1,"protocol":"icmp"}"#
-            )
-            .is_err()
-        );
-    }
-
-    #[test]
     fn each_mapping_is_dnat_in_prerouting_and_output_then_hairpin_and_localhost_masquerade() {
         let f = vec![Forward {
             pod: "10.42.0.5".parse().unwrap(),

@@ -8,8 +8,9 @@
 
 use super::conf::Conf;
 use crate::cni::config::AttachmentId;
+use crate::cni::config::CaseInsensitive;
 use crate::cni::{Error, Result};
-use crate::dataplane::hostport::{self, Forward, Mapping};
+use crate::dataplane::hostport::{self, Forward, Mapping, Protocol};
 use crate::dataplane::sysctl;
 use crate::state::{self, at, lock};
 use serde::{Deserialize, Serialize};
@@ -30,6 +31,49 @@ struct Entry {
     mappings: Vec<Mapping>,
 }
 
+/// One mapping as runtimes send it. Keys are matched case-insensitively, as portmap's Go decoder
+/// does: containerd (go-cni) sends `HostPort`, `ContainerPort`, `Protocol`, `HostIP`, untagged Go
+/// field names, and `HostIP` empty when the pod names none; the spec's examples say `hostPort`.
+#[derive(Deserialize)]
+struct Wire {
+    hostport: u16,
+    containerport: u16,
+    #[serde(default)]
+    protocol: Option<String>,
+    #[serde(default)]
+    hostip: Option<String>,
+}
+
+impl Wire {
+    fn mapping(self) -> std::result::Result<Mapping, String> {
+        if self.hostport == 0 || self.containerport == 0 {
+            return Err(format!(
+                "port 0 (hostPort {}, containerPort {})",
+                self.hostport, self.containerport
+            ));
+        }
+        let protocol = match self.protocol.map(|p| p.to_ascii_lowercase()).as_deref() {
+            None | Some("") | Some("tcp") => Protocol::Tcp,
+            Some("udp") => Protocol::Udp,
+            Some("sctp") => Protocol::Sctp,
+            Some(p) => return Err(format!("protocol {p:?} is not tcp, udp or sctp")),
+        };
+        let host_ip = match self.hostip.as_deref() {
+            None | Some("") => None,
+            Some(h) => Some(
+                h.parse()
+                    .map_err(|_| format!("hostIP {h:?} is not an address"))?,
+            ),
+        };
+        Ok(Mapping {
+            host_port: self.hostport,
+            container_port: self.containerport,
+            protocol,
+            host_ip,
+        })
+    }
+}
+
 /// The runtime's `runtimeConfig.portMappings` (empty when it sent none). A malformed list is
 /// code 7, asked for only by ADD: it never stops a DEL.
 pub fn requested(conf: &Conf) -> Result<Vec<Mapping>> {
@@ -38,20 +82,16 @@ pub fn requested(conf: &Conf) -> Result<Vec<Mapping>> {
         .raw
         .get("runtimeConfig")
         .and_then(|r| r.get("portMappings"));
+    parse(v).map_err(|e| Error::config(format!("runtimeConfig.portMappings: {e}")))
+}
+
+fn parse(v: Option<&serde_json::Value>) -> std::result::Result<Vec<Mapping>, String> {
     let Some(v) = v.filter(|v| !v.is_null()) else {
         return Ok(Vec::new());
     };
-    let ms: Vec<Mapping> = serde_json::from_value(v.clone())
-        .map_err(|e| Error::config(format!("runtimeConfig.portMappings: {e}")))?;
-    if let Some(m) = ms
-        .iter()
-        .find(|m| m.host_port == 0 || m.container_port == 0)
-    {
-        return Err(Error::config(format!(
-            "runtimeConfig.portMappings: port 0 in {m:?}"
-        )));
-    }
-    Ok(ms)
+    let wire: Vec<CaseInsensitive<Wire>> =
+        serde_json::from_value(v.clone()).map_err(|e| e.to_string())?;
+    wire.into_iter().map(|w| w.0.mapping()).collect()
 }
 
 fn name_of(id: &AttachmentId) -> String {
@@ -158,4 +198,60 @@ fn entries(state_dir: &Path) -> Result<Vec<(String, String, Entry)>> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn m(
+        host_port: u16,
+        container_port: u16,
+        protocol: Protocol,
+        host_ip: Option<&str>,
+    ) -> Mapping {
+        Mapping {
+            host_port,
+            container_port,
+            protocol,
+            host_ip: host_ip.map(|h| h.parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn mappings_parse_as_containerd_and_the_spec_send_them() {
+        // containerd 2.1's go-cni: untagged Go field names, HostIP empty when unset.
+        let containerd = json!([
+            {"HostPort": 54323, "ContainerPort": 8080, "Protocol": "tcp", "HostIP": "127.0.0.1"},
+            {"HostPort": 54323, "ContainerPort": 8080, "Protocol": "udp", "HostIP": ""},
+        ]);
+        assert_eq!(
+            parse(Some(&containerd)).unwrap(),
+            [
+                m(54323, 8080, Protocol::Tcp, Some("127.0.0.1")),
+                m(54323, 8080, Protocol::Udp, None)
+            ]
+        );
+        let spec = json!([{"hostPort": 8080, "containerPort": 80, "protocol": "SCTP"}, {"hostPort": 9, "containerPort": 9}]);
+        assert_eq!(
+            parse(Some(&spec)).unwrap(),
+            [
+                m(8080, 80, Protocol::Sctp, None),
+                m(9, 9, Protocol::Tcp, None)
+            ]
+        );
+        assert_eq!(parse(None).unwrap(), []);
+        assert_eq!(parse(Some(&json!(null))).unwrap(), []);
+        for bad in [
+            json!([{"hostPort": 0, "containerPort": 80}]),
+            json!([{"hostPort": 70000, "containerPort": 80}]),
+            json!([{"hostPort": 80, "containerPort": 80, "protocol": "icmp"}]),
+            json!([{"hostPort": 80, "containerPort": 80, "hostIP": "x"}]),
+            json!([{"containerPort": 80}]),
+            json!("nope"),
+        ] {
+            assert!(parse(Some(&bad)).is_err(), "{bad}");
+        }
+    }
 }
