@@ -285,3 +285,118 @@ fn add_killed_after_its_hostports_leaves_nothing_after_del() {
     assert!(hostport_entries(&w).is_empty());
     w.assert_clean();
 }
+
+#[test]
+#[ignore = "needs root (network namespaces): run with --include-ignored as root"]
+fn check_compares_the_forwarded_hostports_with_the_runtimes() {
+    let mut w = World::new("check_compares_hostports");
+    let a = w.pod();
+    let maps = json!([{"HostPort": 8080, "ContainerPort": 80, "Protocol": "tcp", "HostIP": ""}]);
+    let r = w
+        .cni("ADD", "ck", &a, "eth0", &conf(&w, maps.clone()))
+        .ok()
+        .json();
+    w.cni(
+        "CHECK",
+        "ck",
+        &a,
+        "eth0",
+        &with_prev(&conf(&w, maps.clone()), &r),
+    )
+    .ok();
+    let other = json!([{"hostPort": 9090, "containerPort": 80}]);
+    w.cni("CHECK", "ck", &a, "eth0", &with_prev(&conf(&w, other), &r))
+        .err(101, "the runtime asks for");
+    w.cni(
+        "CHECK",
+        "ck",
+        &a,
+        "eth0",
+        &with_prev(&conf(&w, json!([])), &r),
+    )
+    .err(101, "the runtime asks for []");
+    std::fs::remove_file(w.state_dir.join("hostports/testnet/ck@eth0.json")).unwrap();
+    w.cni(
+        "CHECK",
+        "ck",
+        &a,
+        "eth0",
+        &with_prev(&conf(&w, maps.clone()), &r),
+    )
+    .err(101, "not forwarded");
+    w.cni("DEL", "ck", &a, "eth0", &conf(&w, maps)).ok();
+    w.assert_clean();
+}
+
+#[test]
+#[ignore = "needs root (network namespaces): run with --include-ignored as root"]
+fn gc_stops_forwarding_to_attachments_the_runtime_no_longer_lists() {
+    let mut w = World::new("gc_stops_forwarding");
+    node_address(&mut w);
+    let (a, b) = (w.pod(), w.pod());
+    w.cni(
+        "ADD",
+        "keep",
+        &a,
+        "eth0",
+        &conf(&w, json!([{"hostPort": 8080, "containerPort": 80}])),
+    )
+    .ok();
+    w.cni(
+        "ADD",
+        "gone",
+        &b,
+        "eth0",
+        &conf(&w, json!([{"hostPort": 9090, "containerPort": 80}])),
+    )
+    .ok();
+    let dir = w.state_dir.join("hostports/testnet");
+    std::fs::write(dir.join("junk@eth0.json"), "{not json").unwrap();
+    // doctor shows what is forwarded, and the entry that forwards nothing.
+    let file = w.state_dir.join("doctor.conflist");
+    let list = json!({"cniVersion": "1.1.0", "name": "testnet", "plugins": [conf(&w, json!([]))]});
+    std::fs::write(&file, list.to_string()).unwrap();
+    let f = file.display().to_string();
+    let report: Value =
+        serde_json::from_slice(&w.in_node(&[BIN, "doctor", "--conf", &f, "--json"]).stdout)
+            .unwrap();
+    let hp = report["hostports"].as_array().unwrap();
+    assert_eq!(hp.len(), 2, "{report}");
+    let mut ports: Vec<u64> = hp
+        .iter()
+        .map(|x| x["mappings"][0]["hostPort"].as_u64().unwrap())
+        .collect();
+    ports.sort_unstable();
+    assert_eq!(ports, [8080, 9090], "{report}");
+    let attention = report["attention"].to_string();
+    assert!(
+        attention.contains("unreadable hostPort entry"),
+        "{attention}"
+    );
+    let human = w.in_node(&[BIN, "doctor", "--conf", &f]);
+    let text = String::from_utf8_lossy(&human.stdout);
+    assert!(
+        text.contains("hostports   keep/eth0") && text.contains("8080/tcp -> 80"),
+        "{text}"
+    );
+
+    let _sa = Server::start(&a);
+    let _sb = Server::start(&b);
+    let mut gc = conf(&w, json!([]));
+    gc["cniVersion"] = json!("1.1.0");
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "keep", "ifname": "eth0"}]);
+    w.cni_env("GC", &gc, &[]).ok();
+    let node = w.node.clone();
+    assert_eq!(
+        ask(&node, "tcp", NODE_IP, 8080),
+        format!("tcp from {NODE_IP}")
+    );
+    assert!(ask(&node, "tcp", NODE_IP, 9090).starts_with("failed"));
+    assert_eq!(
+        files(&dir),
+        ["keep@eth0.json"],
+        "GC removed the stale and the unreadable entry"
+    );
+    w.cni("DEL", "keep", &a, "eth0", &conf(&w, json!([]))).ok();
+    w.assert_clean();
+}

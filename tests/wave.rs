@@ -387,7 +387,10 @@ fn one_add_of_each_outcome(e: &mut Env, api: &FakeApi, conf: &Value) -> Vec<(Str
     e.seed_cache(7200, &["10.42.5.0/24"]);
     let mut pods = Vec::new();
     let p0 = e.w.pod();
-    e.w.cni("ADD", "c0", &p0, "eth0", conf).ok();
+    // With one hostPort (holdfast_hostports).
+    let mut c0 = conf.clone();
+    c0["runtimeConfig"] = json!({"portMappings": [{"hostPort": 18080, "containerPort": 80}]});
+    e.w.cni("ADD", "c0", &p0, "eth0", &c0).ok();
     pods.push(("c0".to_string(), p0));
     api.set_mode(Mode::Status(500));
     e.seed_cache(7200, &["10.42.1.0/24"]);
@@ -473,6 +476,7 @@ fn assert_every_metric_family(node: &str, addr: &str) {
         1.0
     );
     assert_eq!(sample(&m, "holdfast_attachments_reclaimed", &[]), 1.0);
+    assert_eq!(sample(&m, "holdfast_hostports", &[]), 1.0);
     assert_eq!(
         sample(
             &m,

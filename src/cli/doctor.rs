@@ -27,6 +27,8 @@ pub struct Report {
     pub adds: super::counters::AddCounts,
     pub orphan_links: Vec<String>,
     pub orphan_leases: Vec<String>,
+    /// Every attachment's forwarded hostPorts (capability `portMappings`).
+    pub hostports: Vec<crate::plugin::hostports::Forwarded>,
     /// Dead attachments holdfast released itself (after a reboot, or when a range was full),
     /// oldest first, with when and why.
     pub reclaimed: Vec<crate::plugin::reclaim::Reclaimed>,
@@ -149,6 +151,7 @@ async fn sections(r: &mut Report, conf: &Conf, probe: bool) -> Owned {
     };
     ipam_section(r, conf, pod_cidrs.as_deref());
     let owned = attachments_section(r, conf);
+    hostports_section(r, conf, &owned);
     r.reclaimed = crate::plugin::reclaim::journal(&conf.state_dir);
     r.adds = super::counters::read(&conf.state_dir);
     owned
@@ -358,6 +361,35 @@ fn attachments_section(r: &mut Report, conf: &Conf) -> Owned {
     owned
 }
 
+/// Forwarded hostPorts; an entry of this network without a record (nothing would remove its
+/// rules but GC), or one that cannot be read, needs attention.
+fn hostports_section(r: &mut Report, conf: &Conf, owned: &Owned) {
+    match crate::plugin::hostports::listed(&conf.state_dir) {
+        Ok((fw, bad)) => {
+            for b in bad {
+                r.attention.push(format!(
+                    "unreadable hostPort entry {}: {} (it forwards nothing; GC removes it)",
+                    b.path.display(),
+                    b.why
+                ));
+            }
+            for f in fw.iter().filter(|f| f.network == conf.name()) {
+                if !owned
+                    .owners
+                    .contains(&(f.container_id.clone(), f.ifname.clone()))
+                {
+                    r.attention.push(format!(
+                        "hostPorts of {}/{} are forwarded to {:?} but no attachment record has them                          (a crashed ADD; DEL or GC removes them)",
+                        f.container_id, f.ifname, f.ips
+                    ));
+                }
+            }
+            r.hostports = fw;
+        }
+        Err(e) => r.attention.push(format!("hostPort entries: {e}")),
+    }
+}
+
 /// Host links that look like holdfast's and that no attachment owns.
 async fn links_section(r: &mut Report, owned: &HashSet<String>) {
     let links = match crate::dataplane::Host::connect() {
@@ -430,6 +462,7 @@ pub fn render(r: &Report) -> String {
         r.attachments.saturating_sub(gone),
         r.reclaimed.len()
     );
+    render_hostports(&mut o, r);
     o += &crate::routing::doctor::render(r.routing.as_ref());
     render_reclaimed(&mut o, r);
     let a = &r.adds;
@@ -446,6 +479,39 @@ pub fn render(r: &Report) -> String {
         }
     }
     o
+}
+
+/// Each attachment's forwarded hostPorts (the first few; all of them are in `--json`).
+fn render_hostports(o: &mut String, r: &Report) {
+    const SHOWN: usize = 10;
+    for f in r.hostports.iter().take(SHOWN) {
+        let ips: Vec<String> = f.ips.iter().map(|i| i.to_string()).collect();
+        let ports: Vec<String> = f
+            .mappings
+            .iter()
+            .map(|m| {
+                let on = m.host_ip.map(|h| format!("{h}:")).unwrap_or_default();
+                format!(
+                    "{on}{}/{:?} -> {}",
+                    m.host_port, m.protocol, m.container_port
+                )
+                .to_lowercase()
+            })
+            .collect();
+        *o += &format!(
+            "hostports   {}/{} [{}]: {}\n",
+            f.container_id,
+            f.ifname,
+            ips.join(", "),
+            ports.join(", ")
+        );
+    }
+    if r.hostports.len() > SHOWN {
+        *o += &format!(
+            "hostports   {} more (see --json)\n",
+            r.hostports.len() - SHOWN
+        );
+    }
 }
 
 /// The last few reclaimed attachments (all of them are in `--json`).

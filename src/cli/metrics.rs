@@ -125,6 +125,7 @@ const SECTIONS: &[Section] = &[
     adds,
     ipam,
     attachments,
+    hostports,
     routing,
 ];
 
@@ -277,6 +278,17 @@ fn attachments(reg: &mut Registry, r: &Report, _: u64) {
         "When holdfast last released a dead attachment (Unix time; NaN if never)",
         Unit::Seconds,
         last,
+    );
+}
+
+fn hostports(reg: &mut Registry, r: &Report, _: u64) {
+    let n: usize = r.hostports.iter().map(|f| f.mappings.len()).sum();
+    let g = Gauge::<i64>::default();
+    g.set(i64::try_from(n).unwrap_or(i64::MAX));
+    reg.register(
+        "hostports",
+        "hostPort mappings holdfast forwards to this node's pods (capability portMappings)",
+        g,
     );
 }
 

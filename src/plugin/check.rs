@@ -34,6 +34,10 @@ pub async fn check(req: &Check) -> Result<()> {
     );
     h?;
     p?;
+    if record.mode == Mode::Interface {
+        let want = super::hostports::requested(conf)?;
+        super::hostports::check(&conf.state_dir, conf.name(), &req.att, &record.ips, &want)?;
+    }
     if record.mode == Mode::Chained || conf.ipam.delegate().is_some() {
         return Ok(());
     }

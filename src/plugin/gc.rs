@@ -33,6 +33,7 @@ pub async fn gc(req: &Gc) -> Result<()> {
     let valid: HashSet<&AttachmentId> = valid.iter().collect();
     let batch = Batch::new(&net).await?;
     discard_unreadable(req, &batch, &mut errors);
+    discard_unreadable_hostports(req, &mut errors);
     let mut removed = 0usize;
     for id in stale(req, &valid, &batch, &mut errors) {
         match stale_one(&net, &batch, &id).await {
@@ -82,10 +83,17 @@ fn stale(
             errors.push(e);
         }
     }
+    // Attachments with hostPorts but no record or lease (an ADD killed at its last step, whose
+    // lease a GC took since) still forward to their addresses.
+    let forwarding = super::hostports::owners(&conf.state_dir, conf.name()).unwrap_or_else(|e| {
+        errors.push(e);
+        Vec::new()
+    });
     records
         .iter()
         .map(|r| AttachmentId::new(&r.container_id, &r.ifname))
         .chain(batch.leases.keys().cloned())
+        .chain(forwarding)
         .filter(|id| !valid.contains(id))
         .collect()
 }
@@ -121,6 +129,25 @@ fn discard_unreadable(req: &Gc, batch: &Batch, errors: &mut Vec<Error>) {
     for (ip, why) in &batch.unreadable {
         tracing::warn!("GC removes unreadable lease {ip}: {why}");
         if let Err(e) = store.discard(*ip) {
+            errors.push(e);
+        }
+    }
+}
+
+/// A hostPort entry that cannot be read forwards nothing (the tables leave it out): it goes.
+fn discard_unreadable_hostports(req: &Gc, errors: &mut Vec<Error>) {
+    let conf = &req.conf;
+    let bad = match super::hostports::listed(&conf.state_dir) {
+        Ok((_, bad)) => bad,
+        Err(e) => return errors.push(e),
+    };
+    for b in bad.iter().filter(|b| b.network == conf.name()) {
+        tracing::warn!(
+            "GC removes unreadable hostPort entry {}: {}",
+            b.path.display(),
+            b.why
+        );
+        if let Err(e) = super::hostports::discard(&conf.state_dir, b) {
             errors.push(e);
         }
     }

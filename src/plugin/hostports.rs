@@ -154,7 +154,11 @@ fn hold(state_dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
 /// Makes the tables say every entry but `except` (network, file name).
 fn rebuild(state_dir: &Path, except: Option<(&str, &str)>) -> Result<()> {
     let mut forwards = Vec::new();
-    for (network, name, e) in entries(state_dir)? {
+    let (good, bad) = entries(state_dir)?;
+    for b in bad {
+        tracing::warn!("leaving out {}: {}", b.path.display(), b.why);
+    }
+    for (network, name, e) in good {
         if except == Some((network.as_str(), name.as_str())) {
             continue;
         }
@@ -166,11 +170,23 @@ fn rebuild(state_dir: &Path, except: Option<(&str, &str)>) -> Result<()> {
     hostport::apply(&forwards)
 }
 
-/// Every entry: (network, file name, entry). One that cannot be read is logged and left out.
-fn entries(state_dir: &Path) -> Result<Vec<(String, String, Entry)>> {
-    let mut out = Vec::new();
+/// An entry with its network and file name.
+type Named = (String, String, Entry);
+
+/// An entry file that cannot be read or trusted: it forwards nothing.
+pub struct Unreadable {
+    pub network: String,
+    pub name: String,
+    pub path: std::path::PathBuf,
+    pub why: String,
+}
+
+/// Every entry, (network, file name, entry), and those that cannot be read or that name another
+/// attachment than their file does.
+fn entries(state_dir: &Path) -> Result<(Vec<Named>, Vec<Unreadable>)> {
+    let (mut good, mut bad) = (Vec::new(), Vec::new());
     let Some(top) = at::Dir::open_path(state_dir, &[DIR], false)? else {
-        return Ok(out);
+        return Ok((good, bad));
     };
     for (network, kind) in top.entries()? {
         if !kind.is_some_and(|k| k.is_dir()) {
@@ -183,23 +199,112 @@ fn entries(state_dir: &Path) -> Result<Vec<(String, String, Entry)>> {
             if at::is_temp(&name) || !name.ends_with(".json") {
                 continue;
             }
-            let parsed = d.read(&name, MAX_ENTRY).and_then(|b| {
-                b.map(|b| {
-                    serde_json::from_slice::<Entry>(&b)
-                        .map_err(|e| Error::decode(format!("hostPort entry {name}"), e))
-                })
-                .transpose()
-            });
+            let parsed = d
+                .read(&name, MAX_ENTRY)
+                .map_err(|e| e.to_string())
+                .and_then(|b| {
+                    let Some(b) = b else { return Ok(None) };
+                    let e: Entry = serde_json::from_slice(&b).map_err(|e| e.to_string())?;
+                    let id = AttachmentId::new(&e.container_id, &e.ifname);
+                    match name_of(&id) == name {
+                        true => Ok(Some(e)),
+                        false => Err("it names another attachment than its file".into()),
+                    }
+                });
             match parsed {
-                Ok(Some(e)) => out.push((network.clone(), name, e)),
+                Ok(Some(e)) => good.push((network.clone(), name, e)),
                 Ok(None) => {}
-                Err(e) => tracing::warn!("leaving out {}: {e}", d.join(&name).display()),
+                Err(why) => bad.push(Unreadable {
+                    network: network.clone(),
+                    path: d.join(&name),
+                    name,
+                    why,
+                }),
             }
         }
     }
-    Ok(out)
+    Ok((good, bad))
 }
 
+/// One attachment's forwarded hostPorts, as doctor and the metrics show them.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Forwarded {
+    pub network: String,
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    pub ifname: String,
+    pub ips: Vec<IpAddr>,
+    pub mappings: Vec<Mapping>,
+}
+
+/// Every attachment's forwarded hostPorts, and the entries that forward nothing.
+pub fn listed(state_dir: &Path) -> Result<(Vec<Forwarded>, Vec<Unreadable>)> {
+    let (good, bad) = entries(state_dir)?;
+    let fw = good
+        .into_iter()
+        .map(|(network, _, e)| Forwarded {
+            network,
+            container_id: e.container_id,
+            ifname: e.ifname,
+            ips: e.ips,
+            mappings: e.mappings,
+        })
+        .collect();
+    Ok((fw, bad))
+}
+
+/// The attachments of `network` with an entry (GC tears down those the runtime did not list).
+pub fn owners(state_dir: &Path, network: &str) -> Result<Vec<AttachmentId>> {
+    let (good, _) = entries(state_dir)?;
+    Ok(good
+        .into_iter()
+        .filter(|(n, _, _)| n == network)
+        .map(|(_, _, e)| AttachmentId::new(&e.container_id, &e.ifname))
+        .collect())
+}
+
+/// Removes an entry file that forwards nothing (GC).
+pub fn discard(state_dir: &Path, b: &Unreadable) -> Result<()> {
+    if let Some(d) = at::Dir::open_path(state_dir, &[DIR, &b.network], false)? {
+        d.remove(&b.name)?;
+    }
+    Ok(())
+}
+
+/// CHECK: the attachment forwards exactly what the runtime asks for (`want`), to its `ips`.
+/// Reads the entry, not the kernel: the tables are rebuilt from the entries whole.
+pub fn check(
+    state_dir: &Path,
+    network: &str,
+    id: &AttachmentId,
+    ips: &[IpAddr],
+    want: &[Mapping],
+) -> Result<()> {
+    let d = at::Dir::open_path(state_dir, &[DIR, network], false)?;
+    let bytes = match d {
+        Some(d) => d.read(&name_of(id), MAX_ENTRY)?,
+        None => None,
+    };
+    let have: Option<Entry> = bytes
+        .map(|b| serde_json::from_slice(&b))
+        .transpose()
+        .map_err(|e| Error::CheckFailed(format!("hostPort entry of {id}: {e}")))?;
+    let fail = |what: String| Err(Error::CheckFailed(what));
+    match have {
+        None if want.is_empty() => Ok(()),
+        None => fail(format!("hostPorts of {id} are not forwarded (no entry)")),
+        Some(e) if e.mappings != want => fail(format!(
+            "hostPorts of {id} forward {:?}, the runtime asks for {want:?}",
+            e.mappings
+        )),
+        Some(e) if e.ips != ips => fail(format!(
+            "hostPorts of {id} go to {:?}, the attachment has {ips:?}",
+            e.ips
+        )),
+        Some(_) => Ok(()),
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;
