@@ -400,3 +400,79 @@ fn gc_stops_forwarding_to_attachments_the_runtime_no_longer_lists() {
     w.cni("DEL", "keep", &a, "eth0", &conf(&w, json!([]))).ok();
     w.assert_clean();
 }
+
+/// Removes the IPv4 hostPort table in netns `ns` as `nft delete table ip holdfast-hostports`
+/// would (no nft binary here): one nftables batch over NETLINK_NETFILTER. Prints the kernel's
+/// answer, 0 for done.
+const DELETE_TABLE: &str = r#"
+import socket, struct
+s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12)
+s.bind((0, 0))
+def msg(t, flags, seq, family, res, payload=b""):
+    body = struct.pack("BBH", family, 0, socket.htons(res)) + payload
+    return struct.pack("=LHHLL", 16 + len(body), t, flags, seq, 0) + body
+name = b"holdfast-hostports\0"
+attr = struct.pack("=HH", 4 + len(name), 1) + name
+attr += b"\0" * ((4 - len(attr) % 4) % 4)
+s.send(msg(0x10, 1, 0, 0, 10) + msg((10 << 8) | 2, 1 | 4, 1, 2, 0, attr) + msg(0x11, 1, 2, 0, 10))
+print(struct.unpack("=i", s.recv(4096)[16:20])[0])
+"#;
+
+/// The agent, killed when the test ends however it ends.
+struct AgentGuard(Child);
+
+impl Drop for AgentGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+#[ignore = "needs root (network namespaces): run with --include-ignored as root"]
+fn the_agent_brings_back_a_removed_hostport_table() {
+    let mut w = World::new("agent_brings_back_hostports");
+    node_address(&mut w);
+    let a = w.pod();
+    let c = conf(&w, json!([{"hostPort": 8080, "containerPort": 80}]));
+    w.cni("ADD", "ag", &a, "eth0", &c).ok();
+    let _s = Server::start(&a);
+    let node = w.node.clone();
+    assert_eq!(
+        ask(&node, "tcp", NODE_IP, 8080),
+        format!("tcp from {NODE_IP}")
+    );
+    let out = w.in_node(&["/usr/bin/python3", "-c", DELETE_TABLE]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0", "{out:?}");
+    assert!(ask(&node, "tcp", NODE_IP, 8080).starts_with("failed"));
+
+    // An agent with no reachable API (no kubeconfig at all): its rounds still restore the table.
+    let list = json!({"cniVersion": "1.1.0", "name": "testnet", "plugins": [{
+        "type": "holdfast", "stateDir": w.state_dir, "ipam": ipam_v4("10.61.0.0/24"),
+        "kubernetes": {"kubeconfig": w.state_dir.join("no-kubeconfig"), "refreshSeconds": 10}}]});
+    let file = w.state_dir.join("agent.conflist");
+    std::fs::write(&file, list.to_string()).unwrap();
+    let _agent = AgentGuard(
+        Command::new("ip")
+            .args(["netns", "exec", &node, BIN, "agent", "--conf"])
+            .arg(&file)
+            .args(["--sa-dir", "/nonexistent"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // A generous ceiling (the agent's round is every 5 s here): the failure is a table that
+    // never comes back.
+    let back = (0..60).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        ask(&node, "tcp", NODE_IP, 8080) == format!("tcp from {NODE_IP}")
+    });
+    assert!(
+        back,
+        "the agent did not bring the hostPort table back in 30 s"
+    );
+    drop(_agent);
+    w.cni("DEL", "ag", &a, "eth0", &conf(&w, json!([]))).ok();
+    w.assert_clean();
+}

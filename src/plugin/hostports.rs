@@ -145,29 +145,42 @@ pub fn forget(state_dir: &Path, network: &str, id: &AttachmentId) -> Result<bool
     d.remove(&name)
 }
 
+/// Makes the tables say every entry again (the agent, each round): a table that something else
+/// removed (`nft flush ruleset` at a firewall reload) or that an older holdfast wrote comes back
+/// whole. Nothing is touched on a node that never had an entry. Returns how many pods forward.
+pub fn restore(state_dir: &Path) -> Result<usize> {
+    if at::Dir::open_path(state_dir, &[DIR], false)?.is_none() {
+        return Ok(0);
+    }
+    let _held = hold(state_dir)?;
+    rebuild(state_dir, None)
+}
+
 /// The lock every change of the tables is made under, so that the last rebuild saw every entry.
 fn hold(state_dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
     let (f, path) = lock::named_file(state_dir, LOCK)?;
     lock::flock_until(f, &path, std::time::Instant::now() + lock::LOCK_WAIT)
 }
 
-/// Makes the tables say every entry but `except` (network, file name).
-fn rebuild(state_dir: &Path, except: Option<(&str, &str)>) -> Result<()> {
+/// Makes the tables say every entry but `except` (network, file name); how many entries that is.
+fn rebuild(state_dir: &Path, except: Option<(&str, &str)>) -> Result<usize> {
     let mut forwards = Vec::new();
     let (good, bad) = entries(state_dir)?;
     for b in bad {
         tracing::warn!("leaving out {}: {}", b.path.display(), b.why);
     }
+    let mut n = 0;
     for (network, name, e) in good {
         if except == Some((network.as_str(), name.as_str())) {
             continue;
         }
+        n += 1;
         forwards.extend(e.ips.iter().map(|ip| Forward {
             pod: *ip,
             mappings: e.mappings.clone(),
         }));
     }
-    hostport::apply(&forwards)
+    hostport::apply(&forwards).map(|()| n)
 }
 
 /// An entry with its network and file name.

@@ -91,11 +91,12 @@ control_plane() {
 }
 
 # Node I's files: containerd and kubelet configs, kubeconfigs, the reference plugins of the stack
-# (no holdfast: the DaemonSet installs it).
+# (no holdfast: the DaemonSet installs it; no portmap: the shipped conflist does hostPorts with
+# holdfast alone, and a node without portmap shows it).
 node_files() {
   local i=$1 N="$W/n$1"
   mkdir -p "$N"/{opt-cni,etc-cni,containerd/root,containerd/opt,volume-plugins}
-  cp "$PLUGINS"/{loopback,host-local,portmap,bandwidth} "$N/opt-cni/"
+  cp "$PLUGINS"/{loopback,host-local,bandwidth} "$N/opt-cni/"
   node_runtime_files "$i"
   local tok; tok=$([ "$i" = 1 ] && echo "$NODE1" || echo "$NODE2")
   kubeconfig "$N/kubelet.kubeconfig" "$tok" 10.44.0.6
