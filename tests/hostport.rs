@@ -9,9 +9,19 @@ use std::process::{Child, Command, Stdio};
 
 const NODE_IP: &str = "192.168.77.1";
 
+/// A child process killed when the test ends, however it ends.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A server in a pod netns: TCP on 80 and UDP on 5353, each answering with the address the
-/// request came from (so a test sees whether it was masqueraded). Killed on drop.
-struct Server(Child);
+/// request came from (so a test sees whether it was masqueraded).
+struct Server;
 
 const SERVE: &str = r#"
 import socket, threading
@@ -50,7 +60,7 @@ except Exception as e:
 "#;
 
 impl Server {
-    fn start(pod: &str) -> Server {
+    fn start(pod: &str) -> Killed {
         let ns = pod.rsplit('/').next().unwrap();
         let mut c = Command::new("ip")
             .args(["netns", "exec", ns, "/usr/bin/python3", "-c", SERVE])
@@ -64,14 +74,7 @@ impl Server {
             .read_line(&mut line)
             .unwrap();
         assert_eq!(line.trim(), "ready");
-        Server(c)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        Killed(c)
     }
 }
 
@@ -120,6 +123,16 @@ fn node_address(w: &mut World) {
     ip(&["-n", &n, "link", "set", "hfnode0", "up"]);
     ip(&["-n", &n, "link", "set", "hfnode1", "up"]);
     w.fixtures.extend(["hfnode0".into(), "hfnode1".into()]);
+}
+
+/// A world with a node address and one pod (`cid`) forwarding hostPort 8080 to its port 80.
+fn one_pod_on_8080(test: &str, cid: &str) -> (World, String) {
+    let mut w = World::new(test);
+    node_address(&mut w);
+    let a = w.pod();
+    let c = conf(&w, json!([{"hostPort": 8080, "containerPort": 80}]));
+    w.cni("ADD", cid, &a, "eth0", &c).ok();
+    (w, a)
 }
 
 fn addr_of(r: &Value) -> String {
@@ -296,34 +309,20 @@ fn check_compares_the_forwarded_hostports_with_the_runtimes() {
         .cni("ADD", "ck", &a, "eth0", &conf(&w, maps.clone()))
         .ok()
         .json();
-    w.cni(
-        "CHECK",
-        "ck",
-        &a,
-        "eth0",
-        &with_prev(&conf(&w, maps.clone()), &r),
-    )
-    .ok();
-    let other = json!([{"hostPort": 9090, "containerPort": 80}]);
-    w.cni("CHECK", "ck", &a, "eth0", &with_prev(&conf(&w, other), &r))
-        .err(101, "the runtime asks for");
-    w.cni(
-        "CHECK",
-        "ck",
-        &a,
-        "eth0",
-        &with_prev(&conf(&w, json!([])), &r),
-    )
-    .err(101, "the runtime asks for []");
+    let check = |mappings: &Value| {
+        w.cni(
+            "CHECK",
+            "ck",
+            &a,
+            "eth0",
+            &with_prev(&conf(&w, mappings.clone()), &r),
+        )
+    };
+    check(&maps).ok();
+    check(&json!([{"hostPort": 9090, "containerPort": 80}])).err(101, "the runtime asks for");
+    check(&json!([])).err(101, "the runtime asks for []");
     std::fs::remove_file(w.state_dir.join("hostports/testnet/ck@eth0.json")).unwrap();
-    w.cni(
-        "CHECK",
-        "ck",
-        &a,
-        "eth0",
-        &with_prev(&conf(&w, maps.clone()), &r),
-    )
-    .err(101, "not forwarded");
+    check(&maps).err(101, "not forwarded");
     w.cni("DEL", "ck", &a, "eth0", &conf(&w, maps)).ok();
     w.assert_clean();
 }
@@ -418,24 +417,10 @@ s.send(msg(0x10, 1, 0, 0, 10) + msg((10 << 8) | 2, 1 | 4, 1, 2, 0, attr) + msg(0
 print(struct.unpack("=i", s.recv(4096)[16:20])[0])
 "#;
 
-/// The agent, killed when the test ends however it ends.
-struct AgentGuard(Child);
-
-impl Drop for AgentGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 #[ignore = "needs root (network namespaces): run with --include-ignored as root"]
 fn the_agent_brings_back_a_removed_hostport_table() {
-    let mut w = World::new("agent_brings_back_hostports");
-    node_address(&mut w);
-    let a = w.pod();
-    let c = conf(&w, json!([{"hostPort": 8080, "containerPort": 80}]));
-    w.cni("ADD", "ag", &a, "eth0", &c).ok();
+    let (w, a) = one_pod_on_8080("agent_brings_back_hostports", "ag");
     let _s = Server::start(&a);
     let node = w.node.clone();
     assert_eq!(
@@ -452,7 +437,7 @@ fn the_agent_brings_back_a_removed_hostport_table() {
         "kubernetes": {"kubeconfig": w.state_dir.join("no-kubeconfig"), "refreshSeconds": 10}}]});
     let file = w.state_dir.join("agent.conflist");
     std::fs::write(&file, list.to_string()).unwrap();
-    let _agent = AgentGuard(
+    let agent = Killed(
         Command::new("ip")
             .args(["netns", "exec", &node, BIN, "agent", "--conf"])
             .arg(&file)
@@ -472,7 +457,7 @@ fn the_agent_brings_back_a_removed_hostport_table() {
         back,
         "the agent did not bring the hostPort table back in 30 s"
     );
-    drop(_agent);
+    drop(agent);
     w.cni("DEL", "ag", &a, "eth0", &conf(&w, json!([]))).ok();
     w.assert_clean();
 }
