@@ -46,12 +46,15 @@ while True:
 const ASK: &str = r#"
 import socket, sys
 proto, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+sport = int(sys.argv[4]) if len(sys.argv) > 4 else 0
 try:
     if proto == "tcp":
         s = socket.create_connection((host, port), timeout=2)
         print(s.recv(100).decode())
     else:
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("0.0.0.0", sport))
         s.settimeout(2)
         s.sendto(b"?", (host, port))
         print(s.recvfrom(100)[0].decode())
@@ -80,6 +83,11 @@ impl Server {
 
 /// What a `proto` request to `host:port` from netns `from` (a pod path or the node's name) got.
 fn ask(from: &str, proto: &str, host: &str, port: u16) -> String {
+    ask_from(from, proto, host, port, 0)
+}
+
+/// [`ask`] from source port `sport` (0: any), so that two requests are one conntrack flow.
+fn ask_from(from: &str, proto: &str, host: &str, port: u16, sport: u16) -> String {
     let ns = from.rsplit('/').next().unwrap();
     let out = Command::new("ip")
         .args([
@@ -92,7 +100,7 @@ fn ask(from: &str, proto: &str, host: &str, port: u16) -> String {
             proto,
             host,
         ])
-        .arg(port.to_string())
+        .args([port.to_string(), sport.to_string()])
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout).trim().to_string()
@@ -459,5 +467,32 @@ fn the_agent_brings_back_a_removed_hostport_table() {
     );
     drop(agent);
     w.cni("DEL", "ag", &a, "eth0", &conf(&w, json!([]))).ok();
+    w.assert_clean();
+}
+
+#[test]
+#[ignore = "needs root (network namespaces): run with --include-ignored as root"]
+fn a_udp_flow_follows_its_hostport_to_the_next_pod() {
+    let mut w = World::new("udp_flow_follows");
+    node_address(&mut w);
+    let (a, b) = (w.pod(), w.pod());
+    let maps = json!([{"hostPort": 5300, "containerPort": 5353, "protocol": "udp"}]);
+    w.cni("ADD", "ua", &a, "eth0", &conf(&w, maps.clone())).ok();
+    let node = w.node.clone();
+    let sa = Server::start(&a);
+    let answered = format!("udp from {NODE_IP}");
+    assert_eq!(ask_from(&node, "udp", NODE_IP, 5300, 40999), answered);
+    // The pod is replaced; the client keeps its flow (same ports), whose conntrack entry still
+    // says "DNAT to the old pod" until it expires.
+    drop(sa);
+    w.cni("DEL", "ua", &a, "eth0", &conf(&w, json!([]))).ok();
+    w.cni("ADD", "ub", &b, "eth0", &conf(&w, maps)).ok();
+    let _sb = Server::start(&b);
+    assert_eq!(
+        ask_from(&node, "udp", NODE_IP, 5300, 40999),
+        answered,
+        "the flow went on to the old pod"
+    );
+    w.cni("DEL", "ub", &b, "eth0", &conf(&w, json!([]))).ok();
     w.assert_clean();
 }

@@ -6,6 +6,7 @@
 //! runs `ip` or `tc`.
 
 pub mod addr;
+pub mod conntrack;
 pub mod hostport;
 pub mod link;
 pub mod names;

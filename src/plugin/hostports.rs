@@ -11,7 +11,7 @@ use crate::cni::config::AttachmentId;
 use crate::cni::config::CaseInsensitive;
 use crate::cni::{Error, Result};
 use crate::dataplane::hostport::{self, Forward, Mapping, Protocol};
-use crate::dataplane::sysctl;
+use crate::dataplane::{conntrack, sysctl};
 use crate::state::{self, at, lock};
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
@@ -118,14 +118,30 @@ pub fn add(
     };
     let bytes = serde_json::to_vec(&entry)
         .map_err(|e| Error::Internal(format!("encoding hostPort entry: {e}")))?;
-    let _held = hold(&conf.state_dir)?;
-    let d = at::Dir::open_path(&conf.state_dir, &[DIR, conf.name()], true)?
-        .ok_or_else(|| Error::Internal("hostports directory vanished".into()))?;
-    // On disk before the rules exist: whatever crashes after this finds the entry to undo.
-    d.write_atomic(&name_of(id), &bytes, true)?;
-    if let Err(e) = rebuild(&conf.state_dir, None) {
-        let _ = d.remove(&name_of(id));
-        return Err(e);
+    {
+        let _held = hold(&conf.state_dir)?;
+        let d = at::Dir::open_path(&conf.state_dir, &[DIR, conf.name()], true)?
+            .ok_or_else(|| Error::Internal("hostports directory vanished".into()))?;
+        // On disk before the rules exist: whatever crashes after this finds the entry to undo.
+        d.write_atomic(&name_of(id), &bytes, true)?;
+        if let Err(e) = rebuild(&conf.state_dir, None) {
+            let _ = d.remove(&name_of(id));
+            return Err(e);
+        }
+    }
+    // With the rules in place, no UDP flow keeps going to the pod that had the port before.
+    let udp: Vec<u16> = mappings
+        .iter()
+        .filter(|m| m.protocol == Protocol::Udp)
+        .map(|m| m.host_port)
+        .collect();
+    for v6 in [false, true]
+        .into_iter()
+        .filter(|v6| ips.iter().any(|i| i.is_ipv6() == *v6))
+    {
+        if let Err(e) = conntrack::forget_udp_to(&udp, v6) {
+            tracing::warn!("stale UDP conntrack entries of hostPorts {udp:?} stay: {e}");
+        }
     }
     Ok(())
 }
