@@ -19,7 +19,7 @@ impl Drop for Killed {
     }
 }
 
-/// A server in a pod netns: TCP on 80 and UDP on 5353, each answering with the address the
+/// A server in a pod netns: TCP on 80 (IPv4 and IPv6) and UDP on 5353, each answering with the address the
 /// request came from (so a test sees whether it was masqueraded).
 struct Server;
 
@@ -32,6 +32,20 @@ def udp():
         d, a = u.recvfrom(100)
         u.sendto(("udp from " + a[0]).encode(), a)
 threading.Thread(target=udp, daemon=True).start()
+def tcp6():
+    t = socket.socket(socket.AF_INET6)
+    t.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        t.bind(("::", 80))
+    except OSError:
+        return  # a pod without IPv6
+    t.listen(16)
+    while True:
+        c, a = t.accept()
+        c.sendall(("tcp from " + a[0]).encode())
+        c.close()
+threading.Thread(target=tcp6, daemon=True).start()
 t = socket.socket()
 t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 t.bind(("0.0.0.0", 80))
@@ -494,5 +508,40 @@ fn a_udp_flow_follows_its_hostport_to_the_next_pod() {
         "the flow went on to the old pod"
     );
     w.cni("DEL", "ub", &b, "eth0", &conf(&w, json!([]))).ok();
+    w.assert_clean();
+}
+
+#[test]
+#[ignore = "needs root (network namespaces): run with --include-ignored as root"]
+fn ipv6_hostports_are_forwarded_too() {
+    const NODE_IP6: &str = "fd77::1";
+    let mut w = World::new("ipv6_hostports");
+    node_address(&mut w);
+    let n = w.node.clone();
+    ip(&[
+        "-n",
+        &n,
+        "addr",
+        "add",
+        &format!("{NODE_IP6}/64"),
+        "dev",
+        "hfnode0",
+        "nodad",
+    ]);
+    let a = w.pod();
+    let mut c = w.conf("1.0.0", ipam_dual("10.62.0.0/24", "fd62::/64"));
+    c["runtimeConfig"] = json!({"portMappings": [{"hostPort": 8080, "containerPort": 80}]});
+    let r = w.cni("ADD", "v6", &a, "eth0", &c).ok().json();
+    let _s = Server::start(&a);
+    let gw6 = r["ips"][1]["gateway"].as_str().unwrap().to_string();
+    // Both families from the node; the pod's own hostPort over IPv6 comes back masqueraded.
+    assert_eq!(ask(&n, "tcp", NODE_IP, 8080), format!("tcp from {NODE_IP}"));
+    assert_eq!(
+        ask(&n, "tcp", NODE_IP6, 8080),
+        format!("tcp from {NODE_IP6}")
+    );
+    assert_eq!(ask(&a, "tcp", NODE_IP6, 8080), format!("tcp from {gw6}"));
+    w.cni("DEL", "v6", &a, "eth0", &c).ok();
+    assert!(ask(&n, "tcp", NODE_IP6, 8080).starts_with("failed"));
     w.assert_clean();
 }
