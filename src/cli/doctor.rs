@@ -379,7 +379,8 @@ fn hostports_section(r: &mut Report, conf: &Conf, owned: &Owned) {
                     .contains(&(f.container_id.clone(), f.ifname.clone()))
                 {
                     r.attention.push(format!(
-                        "hostPorts of {}/{} are forwarded to {:?} but no attachment record has them                          (a crashed ADD; DEL or GC removes them)",
+                        "hostPorts of {}/{} are forwarded to {:?} but no attachment record has them \
+                         (a crashed ADD; DEL or GC removes them)",
                         f.container_id, f.ifname, f.ips
                     ));
                 }
