@@ -6,22 +6,15 @@
 //! reference portmap does, an ADD that forwards UDP ports deletes the entries whose original
 //! destination port is one of them, once its rules are in place.
 
+use super::nft;
 use crate::cni::{Error, Result};
-use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkBuffer, NetlinkMessage, NetlinkPayload,
-};
+use netlink_packet_core::{NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
 use netlink_packet_netfilter::conntrack::{
     ConntrackAttribute, ConntrackMessage, ProtoTuple, Protocol, Tuple,
 };
 use netlink_packet_netfilter::{
     NetfilterHeader, NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily,
 };
-use netlink_sys::{Socket, protocols::NETLINK_NETFILTER};
-use std::time::Duration;
-
-/// A dump of a busy node's table is a few MB from the kernel's memory; a reply later than this
-/// is none.
-const REPLY_WAIT: Duration = Duration::from_secs(2);
 
 fn request(v6: bool, m: ConntrackMessage, flags: u16, seq: u32) -> Vec<u8> {
     let family = if v6 {
@@ -36,17 +29,6 @@ fn request(v6: bool, m: ConntrackMessage, flags: u16, seq: u32) -> Vec<u8> {
     let mut bytes = vec![0; n.buffer_len()];
     n.serialize(&mut bytes);
     bytes
-}
-
-fn socket() -> Result<Socket> {
-    let fail = |what: &str, e: std::io::Error| Error::io(format!("conntrack: {what}"), e);
-    let mut s = Socket::new(NETLINK_NETFILTER).map_err(|e| fail("socket", e))?;
-    s.bind_auto().map_err(|e| fail("bind", e))?;
-    let tv = nix::sys::time::TimeVal::new(REPLY_WAIT.as_secs() as i64, 0);
-    let fd = std::os::fd::AsFd::as_fd(&s);
-    nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::ReceiveTimeout, &tv)
-        .map_err(|e| fail("timeout", e.into()))?;
-    Ok(s)
 }
 
 /// The original tuple of `attrs` when it is UDP to one of `ports`.
@@ -69,32 +51,17 @@ fn udp_to(attrs: &[ConntrackAttribute], ports: &[u16]) -> Option<Vec<Tuple>> {
     (udp && ports.contains(&port)).then(|| orig.clone())
 }
 
-/// Each message of a reply datagram, or the errno of an error message.
+/// Each message of a reply datagram, or the errno of an error message (0: an ack).
 fn messages(buf: &[u8]) -> Vec<std::result::Result<NetlinkMessage<NetfilterMessage>, i32>> {
-    let mut out = Vec::new();
-    let mut off = 0usize;
-    while let Some(rest) = buf.get(off..).filter(|r| !r.is_empty()) {
-        let Ok(nb) = NetlinkBuffer::new_checked(rest) else {
-            break;
-        };
-        let len = nb.length() as usize;
-        if nb.message_type() == netlink_packet_core::NLMSG_ERROR {
-            let code = nb
-                .payload()
-                .get(..4)
-                .and_then(|b| <[u8; 4]>::try_from(b).ok())
-                .map(i32::from_ne_bytes)
-                .unwrap_or(0);
-            out.push(Err(code));
-        } else if let Ok(m) = NetlinkMessage::<NetfilterMessage>::deserialize(rest) {
-            out.push(Ok(m));
-        }
-        if len == 0 {
-            break;
-        }
-        off = off.saturating_add((len + 3) & !3);
-    }
-    out
+    nft::replies(buf)
+        .into_iter()
+        .filter_map(|nb| match nft::errno(&nb) {
+            Some(code) => Some(Err(code)),
+            None => NetlinkMessage::<NetfilterMessage>::deserialize(nb.into_inner())
+                .ok()
+                .map(Ok),
+        })
+        .collect()
 }
 
 /// Deletes the UDP entries of family `v6` whose original destination port is in `ports`;
@@ -103,7 +70,7 @@ pub fn forget_udp_to(ports: &[u16], v6: bool) -> Result<usize> {
     if ports.is_empty() {
         return Ok(0);
     }
-    let s = socket()?;
+    let s = nft::socket("conntrack")?;
     let io = |what: &str, e: std::io::Error| Error::io(format!("conntrack: {what}"), e);
     s.send(
         &request(v6, ConntrackMessage::Get(vec![]), NLM_F_DUMP, 1),
@@ -127,13 +94,7 @@ pub fn forget_udp_to(ports: &[u16], v6: bool) -> Result<usize> {
                     _ => {}
                 },
                 Err(0) => {}
-                Err(code) => {
-                    return Err(Error::Netlink {
-                        op: "conntrack dump".into(),
-                        reason: std::io::Error::from_raw_os_error(code.saturating_abs())
-                            .to_string(),
-                    });
-                }
+                Err(code) => return Err(nft::refused("conntrack dump".into(), code)),
             }
         }
     }
@@ -147,12 +108,7 @@ pub fn forget_udp_to(ports: &[u16], v6: bool) -> Result<usize> {
         match messages(&buf).first() {
             Some(Err(0)) => gone = gone.saturating_add(1),
             Some(Err(c)) if c.saturating_abs() == libc::ENOENT => {}
-            Some(Err(c)) => {
-                return Err(Error::Netlink {
-                    op: "conntrack delete".into(),
-                    reason: std::io::Error::from_raw_os_error(c.saturating_abs()).to_string(),
-                });
-            }
+            Some(Err(c)) => return Err(nft::refused("conntrack delete".into(), *c)),
             _ => {}
         }
     }

@@ -237,21 +237,69 @@ pub(crate) fn transact(table: &str, body: Vec<NetlinkMessage<NetfilterMessage>>)
         bytes.resize(at + m.buffer_len(), 0);
         m.serialize(&mut bytes[at..]);
     }
-    let mut s = Socket::new(NETLINK_NETFILTER).map_err(|e| fail("socket", e))?;
-    s.bind_auto().map_err(|e| fail("bind", e))?;
+    let s = socket("nftables")?;
     // A batch of thousands of rules is larger than the default send buffer.
-    let fd = std::os::fd::AsFd::as_fd(&s);
     let _ = nix::sys::socket::setsockopt(
-        &fd,
+        &std::os::fd::AsFd::as_fd(&s),
         nix::sys::socket::sockopt::SndBufForce,
         &(bytes.len() + 4096),
     );
-    let tv = nix::sys::time::TimeVal::new(REPLY_WAIT.as_secs() as i64, 0);
-    nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::ReceiveTimeout, &tv)
-        .map_err(|e| fail("timeout", e.into()))?;
     s.send(&bytes, 0)
         .map_err(|e| fail("sending the batch", e))?;
     wait_ack(&s, last, table)
+}
+
+/// A `NETLINK_NETFILTER` socket whose every reply is waited for at most `REPLY_WAIT`; `user`
+/// names it in errors (nftables, conntrack).
+pub(crate) fn socket(user: &str) -> Result<Socket> {
+    let fail = |what: &str, e: std::io::Error| Error::io(format!("{user}: {what}"), e);
+    let mut s = Socket::new(NETLINK_NETFILTER).map_err(|e| fail("socket", e))?;
+    s.bind_auto().map_err(|e| fail("bind", e))?;
+    let tv = nix::sys::time::TimeVal::new(REPLY_WAIT.as_secs() as i64, 0);
+    nix::sys::socket::setsockopt(
+        &std::os::fd::AsFd::as_fd(&s),
+        nix::sys::socket::sockopt::ReceiveTimeout,
+        &tv,
+    )
+    .map_err(|e| fail("timeout", e.into()))?;
+    Ok(s)
+}
+
+/// The messages of one reply datagram, as far as they are whole.
+pub(crate) fn replies(buf: &[u8]) -> Vec<NetlinkBuffer<&[u8]>> {
+    let mut out = Vec::new();
+    let mut off = 0usize;
+    while let Some(nb) = buf
+        .get(off..)
+        .and_then(|r| NetlinkBuffer::new_checked(r).ok())
+    {
+        let len = nb.length() as usize;
+        out.push(nb);
+        if len == 0 {
+            break;
+        }
+        off = off.saturating_add((len + 3) & !3);
+    }
+    out
+}
+
+/// The errno of an error message (0: an ack), `None` for any other message.
+pub(crate) fn errno(nb: &NetlinkBuffer<&[u8]>) -> Option<i32> {
+    (nb.message_type() == netlink_packet_core::NLMSG_ERROR).then(|| {
+        nb.payload()
+            .get(..4)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map(i32::from_ne_bytes)
+            .unwrap_or(0)
+    })
+}
+
+/// The kernel's refusal `code` of `op`, as an error.
+pub(crate) fn refused(op: String, code: i32) -> Error {
+    Error::Netlink {
+        op,
+        reason: std::io::Error::from_raw_os_error(code.saturating_abs()).to_string(),
+    }
 }
 
 /// Reads replies until the ack of `last` (done) or an error (the batch was refused whole).
@@ -260,34 +308,15 @@ fn wait_ack(s: &Socket, last: u32, table: &str) -> Result<()> {
         let (buf, _) = s
             .recv_from_full()
             .map_err(|e| Error::io("nftables: no reply", e))?;
-        let mut off = 0;
-        while off < buf.len() {
-            let Ok(nb) = NetlinkBuffer::new_checked(&buf[off..]) else {
-                break;
-            };
-            let len = nb.length() as usize;
-            if nb.message_type() == netlink_packet_core::NLMSG_ERROR {
-                let code = nb
-                    .payload()
-                    .get(..4)
-                    .and_then(|b| <[u8; 4]>::try_from(b).ok())
-                    .map(i32::from_ne_bytes)
-                    .unwrap_or(0);
-                if code != 0 {
-                    return Err(Error::Netlink {
-                        op: format!("nftables table {table} (message {})", nb.sequence_number()),
-                        reason: std::io::Error::from_raw_os_error(code.saturating_abs())
-                            .to_string(),
-                    });
-                }
-                if nb.sequence_number() == last {
-                    return Ok(());
+        for nb in replies(&buf) {
+            match errno(&nb) {
+                Some(0) if nb.sequence_number() == last => return Ok(()),
+                Some(0) | None => {}
+                Some(code) => {
+                    let op = format!("nftables table {table} (message {})", nb.sequence_number());
+                    return Err(refused(op, code));
                 }
             }
-            if len == 0 {
-                break;
-            }
-            off = off.saturating_add((len + 3) & !3);
         }
     }
 }
