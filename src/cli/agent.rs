@@ -196,10 +196,12 @@ async fn tick(agent: &Agent, sa_dir: &Path) -> std::result::Result<String, Strin
     }
     let dir = agent.conf.state_dir.clone();
     // On a blocking thread: it may wait for an ADD's change of the tables.
-    match tokio::task::spawn_blocking(move || crate::plugin::hostports::restore(&dir)).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => tracing::warn!("hostPort tables: {e}"),
-        Err(e) => tracing::warn!("hostPort tables: {e}"),
+    let restored = tokio::task::spawn_blocking(move || crate::plugin::hostports::restore(&dir))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
+    if let Err(e) = restored {
+        tracing::warn!("hostPort tables: {e}");
     }
     let started = std::time::Instant::now();
     let refreshed = cluster::refresh(kube, &agent.conf.state_dir).await;

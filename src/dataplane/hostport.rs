@@ -75,7 +75,7 @@ impl Protocol {
     }
 }
 
-/// One entry of `runtimeConfig.portMappings`.
+/// One entry of `runtimeConfig.portMappings`, as holdfast keeps it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Mapping {
@@ -83,24 +83,10 @@ pub struct Mapping {
     pub container_port: u16,
     #[serde(default)]
     pub protocol: Protocol,
-    /// Only packets to this node address; any of the node's addresses when absent or empty
-    /// (containerd sends `""` for a hostPort without a hostIP).
-    #[serde(
-        rename = "hostIP",
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "host_ip"
-    )]
+    /// Only packets to this node address; any of the node's addresses when absent (the runtime's
+    /// forms, an empty `HostIP` among them, are read by `plugin::hostports`).
+    #[serde(rename = "hostIP", default, skip_serializing_if = "Option::is_none")]
     pub host_ip: Option<IpAddr>,
-}
-
-fn host_ip<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> std::result::Result<Option<IpAddr>, D::Error> {
-    match Option::<String>::deserialize(d)?.as_deref() {
-        None | Some("") => Ok(None),
-        Some(s) => s.parse().map(Some).map_err(serde::de::Error::custom),
-    }
 }
 
 impl Mapping {
@@ -274,23 +260,26 @@ pub fn apply(forwards: &[Forward]) -> Result<()> {
     nft::transact(TABLE, body)
 }
 
+/// A mapping in one line, for tests.
+#[cfg(test)]
+pub(crate) fn mapping(
+    host_port: u16,
+    container_port: u16,
+    protocol: Protocol,
+    host_ip: Option<&str>,
+) -> Mapping {
+    Mapping {
+        host_port,
+        container_port,
+        protocol,
+        host_ip: host_ip.map(|h| h.parse().expect("a test's hostIP")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::mapping as m;
     use super::*;
-
-    fn m(
-        host_port: u16,
-        container_port: u16,
-        protocol: Protocol,
-        host_ip: Option<&str>,
-    ) -> Mapping {
-        Mapping {
-            host_port,
-            container_port,
-            protocol,
-            host_ip: host_ip.map(|h| h.parse().unwrap()),
-        }
-    }
 
     #[test]
     fn each_mapping_is_dnat_in_prerouting_and_output_then_hairpin_and_localhost_masquerade() {

@@ -33,9 +33,9 @@ pub async fn gc(req: &Gc) -> Result<()> {
     let valid: HashSet<&AttachmentId> = valid.iter().collect();
     let batch = Batch::new(&net).await?;
     discard_unreadable(req, &batch, &mut errors);
-    discard_unreadable_hostports(req, &mut errors);
+    let forwarding = hostport_owners(req, &mut errors);
     let mut removed = 0usize;
-    for id in stale(req, &valid, &batch, &mut errors) {
+    for id in stale(req, &valid, &batch, forwarding, &mut errors) {
         match stale_one(&net, &batch, &id).await {
             Ok(true) => removed += 1,
             Ok(false) => {}
@@ -63,13 +63,14 @@ async fn pass_on(req: &Gc, plugin: &str) -> Result<()> {
         .map(|_| ())
 }
 
-/// The attachments the runtime did not list that have a record or built-in leases, in a stable
-/// order. A record that cannot be read or trusted names no attachment the runtime could list:
+/// The attachments the runtime did not list that have a record, built-in leases or hostPorts
+/// (`forwarding`), in a stable order. A record that cannot be read or trusted names no attachment the runtime could list:
 /// it goes, and is never used to build a path or name a link.
 fn stale(
     req: &Gc,
     valid: &HashSet<&AttachmentId>,
     batch: &Batch,
+    forwarding: Vec<AttachmentId>,
     errors: &mut Vec<Error>,
 ) -> BTreeSet<AttachmentId> {
     let conf = &req.conf;
@@ -83,12 +84,6 @@ fn stale(
             errors.push(e);
         }
     }
-    // Attachments with hostPorts but no record or lease (an ADD killed at its last step, whose
-    // lease a GC took since) still forward to their addresses.
-    let forwarding = super::hostports::owners(&conf.state_dir, conf.name()).unwrap_or_else(|e| {
-        errors.push(e);
-        Vec::new()
-    });
     records
         .iter()
         .map(|r| AttachmentId::new(&r.container_id, &r.ifname))
@@ -134,12 +129,17 @@ fn discard_unreadable(req: &Gc, batch: &Batch, errors: &mut Vec<Error>) {
     }
 }
 
-/// A hostPort entry that cannot be read forwards nothing (the tables leave it out): it goes.
-fn discard_unreadable_hostports(req: &Gc, errors: &mut Vec<Error>) {
+/// The attachments of this network with hostPorts: with no record or lease (an ADD killed at
+/// its last step, whose lease a GC took since) they still forward to their addresses. An entry
+/// that cannot be read forwards nothing (the tables leave it out): it goes.
+fn hostport_owners(req: &Gc, errors: &mut Vec<Error>) -> Vec<AttachmentId> {
     let conf = &req.conf;
-    let bad = match super::hostports::listed(&conf.state_dir) {
-        Ok((_, bad)) => bad,
-        Err(e) => return errors.push(e),
+    let (forwarded, bad) = match super::hostports::listed(&conf.state_dir) {
+        Ok(l) => l,
+        Err(e) => {
+            errors.push(e);
+            return Vec::new();
+        }
     };
     for b in bad.iter().filter(|b| b.network == conf.name()) {
         tracing::warn!(
@@ -151,4 +151,9 @@ fn discard_unreadable_hostports(req: &Gc, errors: &mut Vec<Error>) {
             errors.push(e);
         }
     }
+    forwarded
+        .into_iter()
+        .filter(|f| f.network == conf.name())
+        .map(|f| AttachmentId::new(&f.container_id, &f.ifname))
+        .collect()
 }

@@ -283,16 +283,6 @@ pub fn listed(state_dir: &Path) -> Result<(Vec<Forwarded>, Vec<Unreadable>)> {
     Ok((fw, bad))
 }
 
-/// The attachments of `network` with an entry (GC tears down those the runtime did not list).
-pub fn owners(state_dir: &Path, network: &str) -> Result<Vec<AttachmentId>> {
-    let (good, _) = entries(state_dir)?;
-    Ok(good
-        .into_iter()
-        .filter(|(n, _, _)| n == network)
-        .map(|(_, _, e)| AttachmentId::new(&e.container_id, &e.ifname))
-        .collect())
-}
-
 /// Removes an entry file that forwards nothing (GC).
 pub fn discard(state_dir: &Path, b: &Unreadable) -> Result<()> {
     if let Some(d) = at::Dir::open_path(state_dir, &[DIR, &b.network], false)? {
@@ -337,21 +327,8 @@ pub fn check(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dataplane::hostport::mapping as m;
     use serde_json::json;
-
-    fn m(
-        host_port: u16,
-        container_port: u16,
-        protocol: Protocol,
-        host_ip: Option<&str>,
-    ) -> Mapping {
-        Mapping {
-            host_port,
-            container_port,
-            protocol,
-            host_ip: host_ip.map(|h| h.parse().unwrap()),
-        }
-    }
 
     #[test]
     fn mappings_parse_as_containerd_and_the_spec_send_them() {
